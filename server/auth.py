@@ -1,0 +1,105 @@
+"""Credentials: hashing of keys, passwords and tokens, and who a request is (§2).
+
+API keys, access tokens and device tokens are high-entropy random strings: stored as sha256.
+Passwords are stored with scrypt (n=2**14, r=8, p=1, 16-byte salt) as `scrypt$salt$hash` (hex).
+Resolved API keys are cached in memory (keys are never revoked while the server runs); access
+tokens are cached until they expire or are revoked by logout through this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from server.clock import Clock
+from server.errors import Unauthorized
+from server.store import devices, sites
+from server.store.db import Database
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, salt_hex, digest_hex = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt_hex), **_SCRYPT)
+    return hmac.compare_digest(digest.hex(), digest_hex)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    uuid: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    user_uuid: str
+    site_uuid: str
+    email: str
+    expires: int
+
+
+class Authenticator:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._sites: dict[str, Site] = {}
+        self._sessions: dict[str, Session] = {}
+
+    async def site_for_key(self, key: str | None) -> Site:
+        if not key:
+            raise Unauthorized("X-API-Key header is missing")
+        key_hash = hash_secret(key)
+        site = self._sites.get(key_hash)
+        if site is None:
+            found = await self.db.read(sites.site_for_key, key_hash)
+            if found is None:
+                raise Unauthorized("X-API-Key is not a key of any site")
+            site = self._sites[key_hash] = Site(*found)
+        return site
+
+    async def session(self, token: str) -> Session:
+        token_hash = hash_secret(token)
+        now = self.clock.now_ms()
+        session = self._sessions.get(token_hash)
+        if session is None:
+            row = await self.db.read(sites.token, token_hash)
+            if row is None or row["revoked"]:
+                raise Unauthorized("access token is unknown or revoked; log in again")
+            session = Session(row["user_uuid"], row["site_uuid"], row["email"], row["expires"])
+            self._sessions[token_hash] = session
+        if session.expires <= now:
+            self._sessions.pop(token_hash, None)
+            raise Unauthorized("access token has expired; log in again")
+        return session
+
+    async def device_for_token(self, token: str, site_uuid: str) -> str:
+        """The uuid of the device holding `token` in the site; 40100 when revoked or unknown."""
+        found = await self.db.read(devices.device_by_token, hash_secret(token))
+        if found is None or found[1] != site_uuid:
+            raise Unauthorized("device token is unknown or revoked; register again")
+        return found[0]
+
+    def forget(self, token: str) -> None:
+        self._sessions.pop(hash_secret(token), None)

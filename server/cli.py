@@ -1,0 +1,271 @@
+"""`midm-server`: serve the reference backend, or manage sites (`site add`, `site list`).
+
+    midm-server [--db PATH] [--host H] [--port P] [--log-level L]
+    midm-server site add NAME --db PATH [--admin-email E] [--json]
+    midm-server site list --db PATH [--json]
+
+Errors are printed as one line (`midm-server: error: ...`) with exit status 2 for bad settings
+and 1 for run-time failures; never a traceback. SIGTERM and SIGINT shut down cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from server import BUILD
+from server.app import create_app
+from server.bootstrap import NewSite, create_site, ensure_first_site, write_credentials
+from server.clock import SystemClock
+from server.config import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_TOKEN_TTL_S,
+    SeedSite,
+    ServerConfig,
+    default_db_path,
+)
+from server.errors import ConfigError, ServerError
+from server.logsetup import LEVELS, configure_logging
+from server.store import sites
+from server.store.db import Database
+
+log = structlog.get_logger("server")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from exc
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535; 0 picks one)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="midm-server",
+        description="Reference MiDM backend (aiohttp + embedded SQLite).",
+    )
+    parser.add_argument("--version", action="version", version=BUILD)
+    parser.add_argument(
+        "--db", type=Path, default=None, help=f"SQLite database file (default: {default_db_path()})"
+    )
+    parser.add_argument(
+        "--files-dir",
+        type=Path,
+        default=None,
+        help="where uploaded files are kept (default: <db>.files next to the database)",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"port to listen on, 0 for any free one (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--max-json-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_JSON_BYTES,
+        help="largest JSON request body accepted (413 above)",
+    )
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        help="largest APK/OTA upload accepted (413 above, checked while streaming)",
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=_positive,
+        default=DEFAULT_TOKEN_TTL_S,
+        help="lifetime of admin access tokens in seconds",
+    )
+    parser.add_argument("--log-level", choices=LEVELS, default="info")
+    commands = parser.add_subparsers(dest="command", metavar="{site}")
+    site = commands.add_parser("site", help="add or list sites of a database")
+    site_commands = site.add_subparsers(dest="site_command", required=True, metavar="{add,list}")
+    add = site_commands.add_parser("add", help="add a site with an admin account and an API key")
+    add.add_argument("name", help="the site's short name (its siteId)")
+    add.add_argument("--db", type=Path, dest="site_db", required=True)
+    add.add_argument("--admin-email", default=None)
+    add.add_argument("--json", action="store_true", help="print the new credentials as JSON")
+    listing = site_commands.add_parser("list", help="list the sites (no secrets)")
+    listing.add_argument("--db", type=Path, dest="site_db", required=True)
+    listing.add_argument("--json", action="store_true")
+    return parser
+
+
+def _open_db(path: Path) -> Database:
+    db = Database(path)
+    try:
+        db.migrate()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _print_site(created: NewSite, as_json: bool) -> None:
+    values = {k: v for k, v in asdict(created).items() if v is not None}
+    if as_json:
+        sys.stdout.write(json.dumps(values, indent=2) + "\n")
+        return
+    for key, value in values.items():
+        sys.stdout.write(f"{key}: {value}\n")
+    sys.stdout.write("Keep the API key and password: they are not shown again.\n")
+
+
+def site_command(args: argparse.Namespace) -> int:
+    if not args.site_db.parent.exists():
+        raise ConfigError(f"--db: folder {args.site_db.parent} does not exist")
+    db = _open_db(args.site_db)
+    try:
+        if args.site_command == "add":
+            name = args.name.strip()
+            if not name:
+                raise ConfigError("site name must not be empty")
+            created = create_site(
+                db, SeedSite(name=name, admin_email=args.admin_email), SystemClock()
+            )
+            _print_site(created, args.json)
+            return 0
+        rows = db.read_sync(sites.list_sites)
+        if args.json:
+            sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        else:
+            for row in rows:
+                sys.stdout.write(
+                    f"{row['siteUuid']}  {row['name']}  admins: {', '.join(row['admins'])}\n"
+                )
+        return 0
+    finally:
+        db.close()
+
+
+def prepare_database(config: ServerConfig) -> None:
+    """Migrate, create the first site on a new database, and say where its secrets are."""
+    db = _open_db(config.db_path)
+    try:
+        created = ensure_first_site(db, config.seed, SystemClock())
+    finally:
+        db.close()
+    if created is None:
+        return
+    credentials = config.db_path.with_name(config.db_path.name + ".credentials.json")
+    if created.apiKey is not None or created.adminPassword is not None:
+        write_credentials(credentials, created)
+        log.warning(
+            "server.first_site",
+            site=created.site,
+            siteUuid=created.siteUuid,
+            admin=created.adminEmail,
+            credentials=str(credentials),
+            hint="generated API key and password are in the credentials file (mode 0600)",
+        )
+    else:
+        log.info(
+            "server.first_site",
+            site=created.site,
+            siteUuid=created.siteUuid,
+            admin=created.adminEmail,
+            hint="API key and password are those of the environment",
+        )
+
+
+async def serve(config: ServerConfig) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=10)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from exc
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else config.port
+        log.info(
+            "server.listening",
+            url=f"http://{config.host}:{port}",
+            db=str(config.db_path),
+            build=BUILD,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("server.stopping")
+    finally:
+        await runner.cleanup()
+    log.info("server.stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        if args.command == "site":
+            return site_command(args)
+        db_path = (args.db or default_db_path()).expanduser()
+        if db_path.is_dir():
+            raise ConfigError(f"--db: {db_path} is a folder; give the database file's path")
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        config = ServerConfig.for_db(
+            db_path,
+            files_dir=args.files_dir,
+            host=args.host,
+            port=args.port,
+            max_json_bytes=args.max_json_bytes,
+            max_upload_bytes=args.max_upload_bytes,
+            token_ttl_s=args.token_ttl,
+            seed=SeedSite.from_env(),
+        )
+        prepare_database(config)
+        asyncio.run(serve(config))
+        return 0
+    except ConfigError as exc:
+        sys.stderr.write(f"midm-server: error: {exc}\n")
+        return 2
+    except ServerError as exc:
+        sys.stderr.write(f"midm-server: error: {exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"midm-server: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The server's settings: one dataclass, built once by the CLI; the only reader of os.environ.
+
+Defaults < environment (MIDM_*) < command-line flags. The database defaults to
+`<user data dir>/midm-fleet/midm.sqlite`; uploaded files live in `<db path>.files/` unless
+`--files-dir` says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_PORT = 8080
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024 * 1024
+DEFAULT_TOKEN_TTL_S = 24 * 3600
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir("midm-fleet")) / "midm.sqlite"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeedSite:
+    """What a new database's first site is made of (MIDM_SITE, MIDM_API_KEY, ...)."""
+
+    name: str = "default"
+    api_key: str | None = None
+    admin_email: str | None = None
+    admin_password: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SeedSite:
+        env = os.environ if env is None else env
+        return cls(
+            name=env.get("MIDM_SITE") or "default",
+            api_key=env.get("MIDM_API_KEY") or None,
+            admin_email=env.get("MIDM_ADMIN_EMAIL") or None,
+            admin_password=env.get("MIDM_ADMIN_PASSWORD") or None,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    db_path: Path
+    files_dir: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    seed: SeedSite = SeedSite()
+
+    @classmethod
+    def for_db(cls, db_path: Path, **overrides: object) -> ServerConfig:
+        files_dir = overrides.pop("files_dir", None) or db_path.with_name(db_path.name + ".files")
+        return cls(db_path=db_path, files_dir=Path(str(files_dir)), **overrides)  # type: ignore[arg-type]

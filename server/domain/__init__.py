@@ -1,0 +1,1 @@
+"""Pure decisions of the server: validation, paging, group trees, profile rules. No I/O here."""

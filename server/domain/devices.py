@@ -1,0 +1,78 @@
+"""Device save bodies (§3) parsed into typed inputs; a whole batch is validated before any write.
+
+Rules: the body is a non-empty list (at most MAX_BATCH items); `profile.hardware_info.serial_no` is
+a required non-empty string; a serial appearing twice in one body is 40001; `enabled` defaults to
+true; `groupUuid` is optional (its existence is checked by the store, in the same transaction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from server.domain.validation import Fields, expect_list, join
+from server.errors import InvalidField
+
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HardwareInfo:
+    serial_no: str
+    manufacturer: str = ""
+    brand: str = ""
+    model: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "serial_no": self.serial_no,
+            "manufacturer": self.manufacturer,
+            "brand": self.brand,
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceInput:
+    hardware: HardwareInfo
+    enabled: bool
+    group_uuid: str | None
+
+
+def parse_hardware_info(fields: Fields) -> HardwareInfo:
+    return HardwareInfo(
+        serial_no=fields.string("serial_no", required=True, allow_empty=False, max_len=128).strip(),
+        manufacturer=fields.string("manufacturer", max_len=256),
+        brand=fields.string("brand", max_len=256),
+        model=fields.string("model", max_len=256),
+    )
+
+
+def parse_device_batch(body: Any) -> list[DeviceInput]:
+    items = expect_list(body, "device save body")
+    if not items:
+        raise InvalidField("body: the list of devices is empty")
+    if len(items) > MAX_BATCH:
+        raise InvalidField(f"body: at most {MAX_BATCH} devices per save, got {len(items)}")
+    devices: list[DeviceInput] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        fields = Fields(item, join("", index))
+        hardware = parse_hardware_info(
+            fields.obj_field("profile", required=True).obj_field("hardware_info", required=True)
+        )
+        if hardware.serial_no in seen:
+            raise InvalidField(
+                f"[{index}].profile.hardware_info.serial_no: {hardware.serial_no!r} appears twice "
+                f"in one save (also at [{seen[hardware.serial_no]}])"
+            )
+        seen[hardware.serial_no] = index
+        group = fields.optional_string("groupUuid", max_len=64)
+        devices.append(
+            DeviceInput(
+                hardware=hardware,
+                enabled=fields.boolean("enabled", default=True),
+                group_uuid=group or None,
+            )
+        )
+    return devices

@@ -1,0 +1,100 @@
+"""An image's `otaInfo` (§4): what the zip's metadata says, overridden by the `otaInfo` form field.
+
+Mapping from META-INF/com/android/metadata: `ota-type` AB -> abUpdate, `pre-device` -> deviceId
+(the first, when several are `|`-separated), `pre-build` -> preBuild, `post-build` -> postBuild,
+`post-timestamp` -> buildDate. Decisions [ours]: unknown otaInfo keys are 40001 (typos would
+otherwise be silently stored); `type` defaults to `base`; after merging, `deviceId` and
+`postBuild` must be non-empty, since an image without them can never be fed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from server.errors import InvalidField
+
+STRING_FIELDS = (
+    "deviceId",
+    "productId",
+    "skuId",
+    "displayId",
+    "osVersion",
+    "preBuild",
+    "postBuild",
+    "customerId",
+    "customer",
+    "brand",
+    "scriptVersion",
+    "partNo",
+    "marketName1",
+    "marketName2",
+    "buildTags",
+    "buildType",
+    "securityPath",
+    "otaCert",
+)
+TYPES = ("base", "region")
+
+
+def from_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    info: dict[str, Any] = dict.fromkeys(STRING_FIELDS, "")
+    devices = meta.get("pre_devices") or []
+    info.update(
+        {
+            "type": "base",
+            "abUpdate": bool(meta.get("ab_update")),
+            "deviceId": devices[0] if devices else "",
+            "preBuild": meta.get("pre_build") or "",
+            "postBuild": meta.get("post_build") or "",
+            "buildDate": meta.get("post_timestamp"),
+            "sdk": "",
+        }
+    )
+    return info
+
+
+def merge_form(info: dict[str, Any], raw: str | None) -> dict[str, Any]:
+    """Apply the `otaInfo` form field (a JSON object) over `info`; validate the result."""
+    merged = dict(info)
+    if raw is not None and raw.strip():
+        try:
+            given = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidField(f"otaInfo: is not valid JSON ({exc.msg})") from exc
+        if not isinstance(given, dict):
+            raise InvalidField("otaInfo: must be a JSON object")
+        for key, value in given.items():
+            merged[key] = _checked(key, value)
+    if merged["type"] not in TYPES:
+        raise InvalidField(f"otaInfo.type: must be base or region, not {merged['type']!r}")
+    for key in ("deviceId", "postBuild"):
+        if not merged[key]:
+            raise InvalidField(
+                f"otaInfo.{key}: not in the package's metadata; give it in the otaInfo field"
+            )
+    return merged
+
+
+def _checked(key: str, value: Any) -> Any:
+    if key in STRING_FIELDS or key == "type":
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise InvalidField(f"otaInfo.{key}: must be a string")
+        return value
+    if key == "abUpdate":
+        if not isinstance(value, bool):
+            raise InvalidField("otaInfo.abUpdate: must be true or false")
+        return value
+    if key == "buildDate":
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise InvalidField("otaInfo.buildDate: must be seconds since the epoch (an integer)")
+        return value
+    if key == "sdk":
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise InvalidField("otaInfo.sdk: must be a string or an integer")
+        return str(value)
+    raise InvalidField(f"otaInfo.{key}: unknown field")

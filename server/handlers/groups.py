@@ -1,0 +1,70 @@
+"""Device groups (§3): save (create, or update with an existing uuid), all, findBy.
+
+Decisions [ours]: `profile.name` is required; `enabled` defaults to true; an unknown `uuid` on save
+is 40400; a group may not be its own ancestor (40001).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from aiohttp import web
+
+from server.context import admin, ctx, json_body, site
+from server.domain.validation import Fields, expect_object, query_required
+from server.errors import NotFound
+from server.store import groups
+from server.store.groups import GroupInput
+from server.wire import ok, render_group
+
+
+def render_groups(
+    conn: sqlite3.Connection, site_uuid: str, rows: list[sqlite3.Row]
+) -> list[dict[str, Any]]:
+    counts = groups.device_counts(conn, site_uuid, [r["uuid"] for r in rows])
+    return [render_group(r, counts.get(r["uuid"], 0)) for r in rows]
+
+
+def _load(conn: sqlite3.Connection, site_uuid: str, group_uuid: str) -> dict[str, Any]:
+    rows = groups.get_groups(conn, site_uuid, [group_uuid])
+    if not rows:
+        raise NotFound(f"uuid: no device group {group_uuid!r} in this site")
+    return render_groups(conn, site_uuid, rows)[0]
+
+
+@admin
+async def save(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = Fields(expect_object(await json_body(request)))
+    group = GroupInput(
+        uuid=body.optional_string("uuid", max_len=64) or None,
+        name=body.obj_field("profile", required=True)
+        .string("name", required=True, allow_empty=False, max_len=256)
+        .strip(),
+        enabled=body.boolean("enabled", default=True),
+        parent_uuid=body.optional_string("parentUuid", max_len=64) or None,
+    )
+    site_uuid = site(request).uuid
+
+    def write(conn: sqlite3.Connection) -> dict[str, Any]:
+        saved = groups.save_group(conn, site_uuid, group, c.clock.now_ms())
+        return _load(conn, site_uuid, saved)
+
+    return ok(await c.db.write(write))
+
+
+@admin
+async def all_groups(request: web.Request) -> web.Response:
+    site_uuid = site(request).uuid
+
+    def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        return render_groups(conn, site_uuid, groups.all_groups(conn, site_uuid))
+
+    return ok(await ctx(request).db.read(read))
+
+
+@admin
+async def find_by(request: web.Request) -> web.Response:
+    group_uuid = query_required(request.query, "uuid")
+    return ok(await ctx(request).db.read(_load, site(request).uuid, group_uuid))

@@ -1,0 +1,84 @@
+"""Multipart upload intake shared by app and OTA uploads: stream `file`, collect small fields.
+
+The `file` part streams into the blob store's temp area with the size limit enforced while
+reading; other parts are text fields of at most 64 KiB. A request that is not
+multipart/form-data, or has no `file` part, is 40001.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import BodyPartReader, web
+
+from server.blobs import Received
+from server.context import ctx
+from server.errors import InvalidField, TooLarge
+
+FIELD_LIMIT = 64 * 1024
+
+
+@dataclass(slots=True)
+class Upload:
+    file: Received
+    fields: dict[str, str]
+
+
+async def read_upload(request: web.Request, allowed_fields: frozenset[str]) -> Upload:
+    c = ctx(request)
+    limit = c.config.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit + FIELD_LIMIT:
+        raise TooLarge(f"upload of {request.content_length} bytes is over the limit of {limit}")
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidField("body: must be multipart/form-data with a 'file' part")
+    received: Received | None = None
+    fields: dict[str, str] = {}
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidField("body: nested multipart is not supported")
+            name = part.name or ""
+            if name == "file":
+                if received is not None:
+                    raise InvalidField("file: only one file per upload")
+                received = await c.blobs.receive(part, limit)
+            elif name in allowed_fields:
+                raw = await part.read_chunk(FIELD_LIMIT + 1)
+                if len(raw) > FIELD_LIMIT:
+                    raise InvalidField(f"{name}: longer than {FIELD_LIMIT} bytes")
+                try:
+                    fields[name] = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InvalidField(f"{name}: is not UTF-8 text") from exc
+            else:
+                raise InvalidField(
+                    f"{name or '(unnamed part)'}: unknown form field; expected file, "
+                    + ", ".join(sorted(allowed_fields))
+                )
+    except ValueError as exc:  # aiohttp's multipart parser reports malformed bodies so
+        if received is not None:
+            c.blobs.discard(received)
+        raise InvalidField(f"body: malformed multipart/form-data ({exc})") from exc
+    except BaseException:
+        if received is not None:
+            c.blobs.discard(received)
+        raise
+    if received is None:
+        raise InvalidField("file: the upload has no 'file' part")
+    if received.length == 0:
+        c.blobs.discard(received)
+        raise InvalidField("file: the uploaded file is empty")
+    return Upload(file=received, fields=fields)
+
+
+def form_bool(fields: dict[str, str], key: str, default: bool) -> bool:
+    raw = fields.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise InvalidField(f"{key}: must be true or false, not {raw!r}")

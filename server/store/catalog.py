@@ -1,0 +1,262 @@
+"""Uploaded files, apps and OTA images of a site (§4).
+
+A file row is one upload of one site; its bytes live in the content-addressed blob store, so
+two sites uploading the same bytes share the blob but not the row. An app's and an image's id
+is its `fileUuid`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from server.domain.paging import PageRequest
+from server.store.query import FilterSpec, fetch_page
+
+FILE_COLUMNS = "uuid, site_uuid, sha256, length, file_name, content_type, created"
+APP_COLUMNS = (
+    "a.file_uuid, a.site_uuid, a.package_name, a.version_code, a.name, a.enable, a.user_uuid, "
+    "a.app_info, a.extra, a.registered_at, a.last_updated, f.sha256, f.length, f.file_name, "
+    "f.created AS file_created"
+)
+OTA_COLUMNS = (
+    "o.file_uuid, o.site_uuid, o.name, o.enable, o.user_uuid, o.ota_info, o.extra, "
+    "o.registered_at, o.last_updated, f.sha256, f.length, f.file_name, f.created AS file_created"
+)
+APP_FILTERS = {
+    "appInfo.packageName": FilterSpec("a.package_name"),
+    "appInfo.versionCode": FilterSpec("a.version_code", "int"),
+    "name": FilterSpec("a.name"),
+    "enable": FilterSpec("a.enable", "bool"),
+    "fileUuid": FilterSpec("a.file_uuid"),
+}
+APP_SORTABLE = {
+    "registeredAt": "a.registered_at",
+    "lastUpdated": "a.last_updated",
+    "name": "a.name",
+    "appInfo.packageName": "a.package_name",
+    "appInfo.versionCode": "a.version_code",
+}
+OTA_FILTERS = {
+    "otaInfo.deviceId": FilterSpec("o.device_id"),
+    "otaInfo.type": FilterSpec("o.type"),
+    "otaInfo.postBuild": FilterSpec("o.post_build"),
+    "name": FilterSpec("o.name"),
+    "enable": FilterSpec("o.enable", "bool"),
+    "fileUuid": FilterSpec("o.file_uuid"),
+}
+OTA_SORTABLE = {
+    "registeredAt": "o.registered_at",
+    "lastUpdated": "o.last_updated",
+    "name": "o.name",
+    "otaInfo.postBuild": "o.post_build",
+}
+_APPS_TABLE = "apps a JOIN files f ON f.uuid = a.file_uuid"
+_OTAS_TABLE = "otas o JOIN files f ON f.uuid = o.file_uuid"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredFile:
+    uuid: str
+    sha256: str
+    length: int
+    file_name: str
+    content_type: str
+
+
+def insert_file(conn: sqlite3.Connection, site_uuid: str, file: StoredFile, now: int) -> None:
+    conn.execute(
+        f"INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (file.uuid, site_uuid, file.sha256, file.length, file.file_name, file.content_type, now),
+    )
+
+
+def get_file(conn: sqlite3.Connection, site_uuid: str, file_uuid: str) -> StoredFile | None:
+    row = conn.execute(
+        f"SELECT {FILE_COLUMNS} FROM files WHERE site_uuid = ? AND uuid = ?", (site_uuid, file_uuid)
+    ).fetchone()
+    if row is None:
+        return None
+    return StoredFile(
+        uuid=row["uuid"],
+        sha256=row["sha256"],
+        length=row["length"],
+        file_name=row["file_name"],
+        content_type=row["content_type"],
+    )
+
+
+def app_by_sha(conn: sqlite3.Connection, site_uuid: str, sha256: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {APP_COLUMNS} FROM {_APPS_TABLE} WHERE a.site_uuid = ? AND f.sha256 = ?",
+        (site_uuid, sha256),
+    ).fetchone()
+    return row
+
+
+def app_by_version(
+    conn: sqlite3.Connection, site_uuid: str, package: str, version_code: int
+) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {APP_COLUMNS} FROM {_APPS_TABLE} WHERE a.site_uuid = ? AND a.package_name = ? "
+        "AND a.version_code = ?",
+        (site_uuid, package, version_code),
+    ).fetchone()
+    return row
+
+
+def app_by_uuid(conn: sqlite3.Connection, site_uuid: str, file_uuid: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {APP_COLUMNS} FROM {_APPS_TABLE} WHERE a.site_uuid = ? AND a.file_uuid = ?",
+        (site_uuid, file_uuid),
+    ).fetchone()
+    return row
+
+
+def insert_app(
+    conn: sqlite3.Connection,
+    site_uuid: str,
+    *,
+    file_uuid: str,
+    app_info: dict[str, Any],
+    name: str,
+    enable: bool,
+    user_uuid: str | None,
+    now: int,
+) -> None:
+    conn.execute(
+        "INSERT INTO apps (file_uuid, site_uuid, package_name, version_code, name, enable, "
+        "user_uuid, app_info, extra, registered_at, last_updated) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)",
+        (
+            file_uuid,
+            site_uuid,
+            app_info["packageName"],
+            app_info["versionCode"],
+            name,
+            int(enable),
+            user_uuid,
+            json.dumps(app_info),
+            now,
+            now,
+        ),
+    )
+
+
+def all_apps(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
+    return conn.execute(
+        f"SELECT {APP_COLUMNS} FROM {_APPS_TABLE} WHERE a.site_uuid = ? "
+        "ORDER BY a.registered_at, a.rowid",
+        (site_uuid,),
+    ).fetchall()
+
+
+def find_apps(
+    conn: sqlite3.Connection, site_uuid: str, request: PageRequest
+) -> tuple[list[sqlite3.Row], int]:
+    return fetch_page(
+        conn,
+        table=_APPS_TABLE,
+        columns=APP_COLUMNS,
+        site_uuid=site_uuid,
+        request=request,
+        filters=APP_FILTERS,
+        sortable=APP_SORTABLE,
+        default_sort="a.registered_at",
+        site_column="a.site_uuid",
+        rowid="a.rowid",
+    )
+
+
+def ota_by_sha(conn: sqlite3.Connection, site_uuid: str, sha256: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {OTA_COLUMNS} FROM {_OTAS_TABLE} WHERE o.site_uuid = ? AND f.sha256 = ?",
+        (site_uuid, sha256),
+    ).fetchone()
+    return row
+
+
+def ota_by_uuid(conn: sqlite3.Connection, site_uuid: str, file_uuid: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {OTA_COLUMNS} FROM {_OTAS_TABLE} WHERE o.site_uuid = ? AND o.file_uuid = ?",
+        (site_uuid, file_uuid),
+    ).fetchone()
+    return row
+
+
+def insert_ota(
+    conn: sqlite3.Connection,
+    site_uuid: str,
+    *,
+    file_uuid: str,
+    ota_info: dict[str, Any],
+    name: str,
+    enable: bool,
+    user_uuid: str | None,
+    now: int,
+) -> None:
+    conn.execute(
+        "INSERT INTO otas (file_uuid, site_uuid, name, enable, user_uuid, ota_info, extra, "
+        "device_id, type, post_build, registered_at, last_updated) "
+        "VALUES (?, ?, ?, ?, ?, ?, '{}', ?, ?, ?, ?, ?)",
+        (
+            file_uuid,
+            site_uuid,
+            name,
+            int(enable),
+            user_uuid,
+            json.dumps(ota_info),
+            ota_info.get("deviceId") or "",
+            ota_info.get("type") or "base",
+            ota_info.get("postBuild") or "",
+            now,
+            now,
+        ),
+    )
+
+
+def all_otas(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
+    return conn.execute(
+        f"SELECT {OTA_COLUMNS} FROM {_OTAS_TABLE} WHERE o.site_uuid = ? "
+        "ORDER BY o.registered_at, o.rowid",
+        (site_uuid,),
+    ).fetchall()
+
+
+def find_otas(
+    conn: sqlite3.Connection, site_uuid: str, request: PageRequest
+) -> tuple[list[sqlite3.Row], int]:
+    return fetch_page(
+        conn,
+        table=_OTAS_TABLE,
+        columns=OTA_COLUMNS,
+        site_uuid=site_uuid,
+        request=request,
+        filters=OTA_FILTERS,
+        sortable=OTA_SORTABLE,
+        default_sort="o.registered_at",
+        site_column="o.site_uuid",
+        rowid="o.rowid",
+    )
+
+
+def missing(
+    conn: sqlite3.Connection, table: str, site_uuid: str, uuids: Iterable[str]
+) -> list[str]:
+    """Those of `uuids` with no row in `table` ('apps' or 'otas') of the site, in order."""
+    wanted = list(uuids)
+    if not wanted:
+        return []
+    marks = ",".join("?" * len(wanted))
+    column = "uuid" if table == "device_groups" else "file_uuid"
+    found = {
+        r[0]
+        for r in conn.execute(
+            f"SELECT {column} FROM {table} WHERE site_uuid = ? AND {column} IN ({marks})",
+            (site_uuid, *wanted),
+        )
+    }
+    return [u for u in wanted if u not in found]

@@ -1,0 +1,123 @@
+"""SQLite in WAL mode, kept off the event loop.
+
+Theory of operation: one writer thread owns the only writing connection, so writes are
+serialised without SQLite busy-waits; `write(fn)` runs `fn(conn)` inside BEGIN IMMEDIATE ...
+COMMIT (ROLLBACK on any exception, so a failed request writes nothing). Two reader threads hold
+their own connections; WAL lets them read while the writer writes. `synchronous=FULL`: a commit
+that returned survives a power cut. Migrations run at open, each in its own transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from server.errors import ConfigError
+from server.store.schema import MIGRATIONS
+
+T = TypeVar("T")
+READERS = 2
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(1, "sqlite-writer", initializer=self._connect)
+        self._readers = ThreadPoolExecutor(READERS, "sqlite-reader", initializer=self._connect)
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA cache_size=-32000")
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+
+    @staticmethod
+    def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn, *args)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _write_job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        return self._in_transaction(self._local.conn, fn, args)
+
+    def _read_job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn: sqlite3.Connection = self._local.conn
+        conn.execute("BEGIN")
+        try:
+            return fn(conn, *args)
+        finally:
+            conn.execute("COMMIT")
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._write_job, fn, args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_job, fn, args)
+
+    def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """For the CLI's site commands, which run without an event loop."""
+        return self._writer.submit(self._write_job, fn, args).result()
+
+    def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._readers.submit(self._read_job, fn, args).result()
+
+    def migrate(self) -> int:
+        """Apply pending migrations; return the schema version. Blocking: call before serving."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._writer.submit(self._migrate_job).result()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{self.path}: not a usable SQLite database ({exc})") from exc
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot open the database ({exc.strerror})") from exc
+
+    def _migrate_job(self) -> int:
+        conn: sqlite3.Connection = self._local.conn
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        if current > len(MIGRATIONS):
+            raise ConfigError(
+                f"{self.path}: schema version {current} is newer than this server knows "
+                f"({len(MIGRATIONS)}); upgrade midm-fleet"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            script = MIGRATIONS[version - 1]
+
+            def apply(c: sqlite3.Connection, script: str = script, version: int = version) -> None:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+            self._in_transaction(conn, apply, ())
+        return len(MIGRATIONS)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()

@@ -1,0 +1,198 @@
+"""Devices: save with the reset-on-resave rule, lookups, and the paged, filtered find.
+
+Reset-on-resave [seed]: saving a serial that exists in the site resets `states` to
+{clientVersion 0, rtcEnabled false, state offline}, clears `enrolled` and `lastCheckedIn`,
+revokes the device token and clears its per-profile progress; `created` and `uuid` are kept.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Sequence
+
+from server.domain.devices import DeviceInput, HardwareInfo
+from server.domain.paging import PageRequest
+from server.errors import InvalidField
+from server.store.query import FilterSpec, fetch_page
+
+DEVICE_COLUMNS = (
+    "uuid, site_uuid, serial_no, manufacturer, brand, model, group_uuid, enabled, client_version, "
+    "rtc_enabled, state, enrolled, last_checked_in, last_disconnected, license_model_uuid, "
+    "auto_renew, created, updated"
+)
+
+SORTABLE = {
+    "created": "created",
+    "updated": "updated",
+    "uuid": "uuid",
+    "serialNo": "serial_no",
+    "profile.hardware_info.serial_no": "serial_no",
+    "profile.hardware_info.model": "model",
+    "profile.hardware_info.manufacturer": "manufacturer",
+    "profile.hardware_info.brand": "brand",
+    "states.state": "state",
+    "enabled": "enabled",
+    "lastCheckedIn": "last_checked_in",
+    "enrolled": "enrolled",
+}
+FILTERS = {
+    "uuid": FilterSpec("uuid"),
+    "serialNo": FilterSpec("serial_no"),
+    "profile.hardware_info.serial_no": FilterSpec("serial_no"),
+    "profile.hardware_info.model": FilterSpec("model"),
+    "profile.hardware_info.manufacturer": FilterSpec("manufacturer"),
+    "profile.hardware_info.brand": FilterSpec("brand"),
+    "states.state": FilterSpec("state"),
+    "deviceGroup.uuid": FilterSpec("group_uuid"),
+    "enabled": FilterSpec("enabled", "bool"),
+    "lastCheckedInBefore": FilterSpec("last_checked_in", "before"),
+    "lastCheckedInAfter": FilterSpec("last_checked_in", "after"),
+}
+FILTERABLE = frozenset(FILTERS)
+
+
+def save_devices(
+    conn: sqlite3.Connection,
+    site_uuid: str,
+    devices: Sequence[DeviceInput],
+    now: int,
+    license_model_uuid: str | None,
+    auto_renew: bool | None,
+) -> tuple[int, int]:
+    """Insert new serials, reset existing ones; return (created, reset)."""
+    groups = {g for g in (d.group_uuid for d in devices) if g is not None}
+    if groups:
+        marks = ",".join("?" * len(groups))
+        found = {
+            r[0]
+            for r in conn.execute(
+                f"SELECT uuid FROM device_groups WHERE site_uuid = ? AND uuid IN ({marks})",
+                (site_uuid, *groups),
+            )
+        }
+        for index, device in enumerate(devices):
+            if device.group_uuid is not None and device.group_uuid not in found:
+                raise InvalidField(
+                    f"[{index}].groupUuid: no device group {device.group_uuid!r} in this site"
+                )
+    created = reset = 0
+    renew = None if auto_renew is None else int(auto_renew)
+    for device in devices:
+        hw = device.hardware
+        existing = conn.execute(
+            "SELECT uuid FROM devices WHERE site_uuid = ? AND serial_no = ?",
+            (site_uuid, hw.serial_no),
+        ).fetchone()
+        if existing is None:
+            conn.execute(
+                f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 'offline', NULL, NULL, NULL, ?, ?, ?, ?)",
+                (
+                    str(uuid.uuid4()),
+                    site_uuid,
+                    hw.serial_no,
+                    hw.manufacturer,
+                    hw.brand,
+                    hw.model,
+                    device.group_uuid,
+                    int(device.enabled),
+                    license_model_uuid,
+                    renew,
+                    now,
+                    now,
+                ),
+            )
+            created += 1
+            continue
+        conn.execute(
+            "UPDATE devices SET manufacturer = ?, brand = ?, model = ?, group_uuid = ?, "
+            "enabled = ?, client_version = 0, rtc_enabled = 0, state = 'offline', enrolled = NULL, "
+            "last_checked_in = NULL, token_hash = NULL, "
+            "license_model_uuid = COALESCE(?, license_model_uuid), "
+            "auto_renew = COALESCE(?, auto_renew), updated = ? WHERE uuid = ?",
+            (
+                hw.manufacturer,
+                hw.brand,
+                hw.model,
+                device.group_uuid,
+                int(device.enabled),
+                license_model_uuid,
+                renew,
+                now,
+                existing[0],
+            ),
+        )
+        conn.execute("DELETE FROM profile_progress WHERE device_uuid = ?", (existing[0],))
+        reset += 1
+    return created, reset
+
+
+def register_serials(
+    conn: sqlite3.Connection, site_uuid: str, serials: Sequence[str], now: int
+) -> int:
+    """Save serials not yet known (profile scope rule); existing devices are left untouched."""
+    added = 0
+    for serial in serials:
+        if conn.execute(
+            "SELECT 1 FROM devices WHERE site_uuid = ? AND serial_no = ?", (site_uuid, serial)
+        ).fetchone():
+            continue
+        conn.execute(
+            f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES "
+            "(?, ?, ?, '', '', '', NULL, 1, 0, 0, 'offline', NULL, NULL, NULL, NULL, NULL, ?, ?)",
+            (str(uuid.uuid4()), site_uuid, serial, now, now),
+        )
+        added += 1
+    return added
+
+
+def exists(conn: sqlite3.Connection, site_uuid: str, serial: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM devices WHERE site_uuid = ? AND serial_no = ?", (site_uuid, serial)
+        ).fetchone()
+        is not None
+    )
+
+
+def find_one(
+    conn: sqlite3.Connection, site_uuid: str, *, uuid: str | None = None, serial: str | None = None
+) -> sqlite3.Row | None:
+    column, value = ("uuid", uuid) if uuid is not None else ("serial_no", serial)
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE site_uuid = ? AND {column} = ?",
+        (site_uuid, value),
+    ).fetchone()
+    return row
+
+
+def find_page(
+    conn: sqlite3.Connection, site_uuid: str, request: PageRequest
+) -> tuple[list[sqlite3.Row], int]:
+    return fetch_page(
+        conn,
+        table="devices",
+        columns=DEVICE_COLUMNS,
+        site_uuid=site_uuid,
+        request=request,
+        filters=FILTERS,
+        sortable=SORTABLE,
+        default_sort="created",
+    )
+
+
+def hardware_of(row: sqlite3.Row) -> HardwareInfo:
+    return HardwareInfo(
+        serial_no=row["serial_no"],
+        manufacturer=row["manufacturer"],
+        brand=row["brand"],
+        model=row["model"],
+    )
+
+
+def device_by_token(conn: sqlite3.Connection, token_hash: str) -> tuple[str, str] | None:
+    row = conn.execute(
+        "SELECT uuid, site_uuid FROM devices WHERE token_hash = ?", (token_hash,)
+    ).fetchone()
+    return (row[0], row[1]) if row else None

@@ -1,0 +1,84 @@
+"""Device groups: save (create or update), read, and the site's parent map for tree checks."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import dataclass
+
+from server.domain.groups import creates_cycle
+from server.errors import InvalidField, NotFound
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupInput:
+    uuid: str | None
+    name: str
+    enabled: bool
+    parent_uuid: str | None
+
+
+GROUP_COLUMNS = "uuid, site_uuid, parent_uuid, name, enabled, created, updated"
+
+
+def parent_map(conn: sqlite3.Connection, site_uuid: str) -> dict[str, str | None]:
+    rows = conn.execute(
+        "SELECT uuid, parent_uuid FROM device_groups WHERE site_uuid = ?", (site_uuid,)
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def save_group(conn: sqlite3.Connection, site_uuid: str, group: GroupInput, now: int) -> str:
+    parents = parent_map(conn, site_uuid)
+    if group.uuid is not None and group.uuid not in parents:
+        raise NotFound(f"uuid: no device group {group.uuid!r} in this site")
+    if group.parent_uuid is not None:
+        if group.parent_uuid not in parents:
+            raise InvalidField(f"parentUuid: no device group {group.parent_uuid!r} in this site")
+        if group.uuid is not None and creates_cycle(group.uuid, group.parent_uuid, parents):
+            raise InvalidField(
+                f"parentUuid: {group.parent_uuid!r} is {group.uuid!r} itself or one of its "
+                "descendants; groups may not form a cycle"
+            )
+    if group.uuid is None:
+        new_uuid = str(uuid.uuid4())
+        conn.execute(
+            f"INSERT INTO device_groups ({GROUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (new_uuid, site_uuid, group.parent_uuid, group.name, int(group.enabled), now, now),
+        )
+        return new_uuid
+    conn.execute(
+        "UPDATE device_groups SET parent_uuid = ?, name = ?, enabled = ?, updated = ? "
+        "WHERE uuid = ? AND site_uuid = ?",
+        (group.parent_uuid, group.name, int(group.enabled), now, group.uuid, site_uuid),
+    )
+    return group.uuid
+
+
+def device_counts(conn: sqlite3.Connection, site_uuid: str, uuids: list[str]) -> dict[str, int]:
+    if not uuids:
+        return {}
+    marks = ",".join("?" * len(uuids))
+    rows = conn.execute(
+        f"SELECT group_uuid, COUNT(*) FROM devices WHERE site_uuid = ? AND group_uuid IN ({marks}) "
+        "GROUP BY group_uuid",
+        (site_uuid, *uuids),
+    ).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def get_groups(conn: sqlite3.Connection, site_uuid: str, uuids: list[str]) -> list[sqlite3.Row]:
+    if not uuids:
+        return []
+    marks = ",".join("?" * len(uuids))
+    return conn.execute(
+        f"SELECT {GROUP_COLUMNS} FROM device_groups WHERE site_uuid = ? AND uuid IN ({marks})",
+        (site_uuid, *uuids),
+    ).fetchall()
+
+
+def all_groups(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
+    return conn.execute(
+        f"SELECT {GROUP_COLUMNS} FROM device_groups WHERE site_uuid = ? ORDER BY created, uuid",
+        (site_uuid,),
+    ).fetchall()

@@ -1,0 +1,196 @@
+"""Wire mapping of the server: the envelope (§1), timestamps, and rows -> protocol JSON.
+
+Every response body is built here. Stored times are integer epoch milliseconds; they go out as
+ISO-8601 UTC with milliseconds and `Z`, except where the protocol shows an integer
+(profile `created`/`updated` [ours: both epoch ms, as profile/save's `updated`]).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from server import BUILD
+from server.errors import ApiError
+
+JSON_TYPE = "application/json"
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_iso(text: str) -> int:
+    """ISO-8601 (with `Z` or an offset) -> epoch ms; ValueError when unreadable."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def envelope(
+    *,
+    code: int = 0,
+    message: str = "success",
+    data: Any = None,
+    has_data: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "uq": str(uuid.uuid4()),
+        "doc_version": "latest",
+        "result": code == 0,
+        "code": code,
+        "message": message,
+        "build": BUILD,
+    }
+    if has_data:
+        body["data"] = data
+    if extra:
+        body.update(extra)
+    return body
+
+
+def ok(
+    data: Any = None, *, has_data: bool = True, message: str = "success", **extra: Any
+) -> web.Response:
+    body = envelope(data=data, has_data=has_data, message=message, extra=extra)
+    return web.json_response(body, dumps=dumps)
+
+
+def paged(items: Any, *, total: int, size: int, **extra: Any) -> web.Response:
+    total_pages = (total + size - 1) // size
+    return ok(items, totalPage=total_pages, size=size, totalSize=total, **extra)
+
+
+def error_response(error: ApiError) -> web.Response:
+    body = envelope(code=error.code, message=error.message, has_data=False)
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return web.json_response(body, status=error.status, headers=headers, dumps=dumps)
+
+
+def error_body(error: ApiError) -> tuple[dict[str, Any], str]:
+    body = envelope(code=error.code, message=error.message, has_data=False)
+    return body, body["uq"]
+
+
+# Rows -> protocol objects. Each takes what the store returned and nothing else.
+
+
+def render_group(row: Any, device_numbers: int) -> dict[str, Any]:
+    return {
+        "siteUuid": row["site_uuid"],
+        "parentUuid": row["parent_uuid"],
+        "deviceNumbers": device_numbers,
+        "uuid": row["uuid"],
+        "profile": {"name": row["name"]},
+        "created": iso(row["created"]),
+        "updated": iso(row["updated"]),
+        "enabled": bool(row["enabled"]),
+    }
+
+
+def render_device(row: Any, group: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "siteUuid": row["site_uuid"],
+        "states": {
+            "clientVersion": row["client_version"],
+            "rtcEnabled": bool(row["rtc_enabled"]),
+            "state": row["state"],
+        },
+        "enrolled": iso(row["enrolled"]),
+        "lastCheckedIn": iso(row["last_checked_in"]),
+        "lastDisconnected": iso(row["last_disconnected"]),
+        "uuid": row["uuid"],
+        "profile": {
+            "hardware_info": {
+                "serial_no": row["serial_no"],
+                "manufacturer": row["manufacturer"],
+                "brand": row["brand"],
+                "model": row["model"],
+            }
+        },
+        "created": iso(row["created"]),
+        "updated": iso(row["updated"]),
+        "enabled": bool(row["enabled"]),
+        "deviceGroup": group,
+        "licenseModelUuid": row["license_model_uuid"],
+        "autoRenew": None if row["auto_renew"] is None else bool(row["auto_renew"]),
+    }
+
+
+def _file_info(row: Any) -> dict[str, Any]:
+    return {
+        "length": row["length"],
+        "lastModified": iso(row["file_created"]),
+        "fileName": row["file_name"],
+        "sha256": row["sha256"],
+    }
+
+
+def render_app(row: Any) -> dict[str, Any]:
+    return {
+        "appInfo": json.loads(row["app_info"]),
+        "fileUuid": row["file_uuid"],
+        "fileInfo": _file_info(row),
+        "userUuid": row["user_uuid"],
+        "extra": json.loads(row["extra"]),
+        "name": row["name"],
+        "enable": bool(row["enable"]),
+        "lastUpdated": iso(row["last_updated"]),
+        "registeredAt": iso(row["registered_at"]),
+    }
+
+
+def render_ota(row: Any) -> dict[str, Any]:
+    return {
+        "otaInfo": json.loads(row["ota_info"]),
+        "fileUuid": row["file_uuid"],
+        "fileInfo": _file_info(row),
+        "userUuid": row["user_uuid"],
+        "extra": json.loads(row["extra"]),
+        "name": row["name"],
+        "enable": bool(row["enable"]),
+        "lastUpdated": iso(row["last_updated"]),
+        "registeredAt": iso(row["registered_at"]),
+    }
+
+
+def render_profile(row: Any) -> dict[str, Any]:
+    doc = json.loads(row["doc"])
+    return {
+        "uuid": row["uuid"],
+        "siteUuid": row["site_uuid"],
+        "writerUuid": row["writer_uuid"],
+        "writer": {"uuid": row["writer_uuid"], "email": row["writer_email"]},
+        "created": row["created"],
+        "updated": row["updated"],
+        **doc,
+    }
+
+
+def render_event(row: Any) -> dict[str, Any]:
+    doc = json.loads(row["doc"])
+    return {
+        **doc,
+        "id": row["id"],
+        "deviceUuid": row["device_uuid"],
+        "profileUuid": row["profile_uuid"],
+        "at": iso(row["at"]),
+        "received": iso(row["received"]),
+        "kind": row["kind"],
+        "target": row["target"],
+        "status": row["status"],
+        "reason": row["reason"],
+    }
