@@ -16,7 +16,7 @@ from server.auth import Authenticator
 from server.blobs import BlobStore
 from server.clock import Clock, SystemClock
 from server.config import ServerConfig
-from server.context import CTX, Context, Handler, ctx
+from server.context import CALLER, CTX, Caller, Context, Handler, ctx
 from server.errors import (
     ApiError,
     Forbidden,
@@ -85,10 +85,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         session = await c.auth.session(credential)
         if session.site_uuid != site.uuid:
             raise Unauthorized("the access token belongs to another site than the X-API-Key")
-        request["session"], request["bearer"] = session, credential
+        who = Caller(site, session=session, bearer=credential)
     elif kind in ("device", "file") and scheme == "device" and credential:
-        device_uuid = await c.auth.device_for_token(credential, site.uuid)
-        request["device_uuid"] = device_uuid
+        who = Caller(site, device_uuid=await c.auth.device_for_token(credential, site.uuid))
     else:
         wanted = {
             "admin": "Bearer <access_token>",
@@ -100,7 +99,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         named = request.query.get(key)
         if named is not None and named != value:
             raise Forbidden(f"{key}: {named!r} is not the site of these credentials")
-    request["site"] = site
+    request[CALLER] = who
     return await handler(request)
 
 

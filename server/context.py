@@ -35,7 +35,18 @@ class Context:
     parser_pool: Executor | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent the request, set by the auth middleware."""
+
+    site: Site
+    session: Session | None = None
+    bearer: str | None = None
+    device_uuid: str | None = None
+
+
 CTX = web.AppKey("ctx", Context)
+CALLER = web.RequestKey("caller", Caller)
 
 
 def auth_kind(kind: AuthKind) -> Callable[[Handler], Handler]:
@@ -58,14 +69,16 @@ def ctx(request: web.Request) -> Context:
     return request.app[CTX]
 
 
+def caller(request: web.Request) -> Caller:
+    return request[CALLER]
+
+
 def site(request: web.Request) -> Site:
-    value: Site = request["site"]
-    return value
+    return request[CALLER].site
 
 
 def session(request: web.Request) -> Session | None:
-    value: Session | None = request.get("session")
-    return value
+    return request[CALLER].session
 
 
 async def json_body(request: web.Request) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.auth import hash_secret, new_secret, verify_password
-from server.context import admin, ctx, in_thread, json_body, public, session
+from server.context import admin, caller, ctx, in_thread, json_body, public, session
 from server.domain.validation import Fields, expect_object
 from server.errors import InvalidField, Unauthorized
 from server.store import sites
@@ -60,7 +60,8 @@ async def token_verify(request: web.Request) -> web.Response:
 @admin
 async def logout(request: web.Request) -> web.Response:
     c = ctx(request)
-    token = request["bearer"]
+    token = caller(request).bearer
+    assert token is not None
     await c.db.write(sites.revoke_token, hash_secret(token))
     c.auth.forget(token)
     return ok(None, has_data=False)
