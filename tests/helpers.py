@@ -90,7 +90,7 @@ class Client:
         return await self.call("POST", path, json_body=body, params=params or None)
 
     async def upload(
-        self, path: str, content: bytes, filename: str = "file.bin", **fields: str
+        self, path: str, content: bytes, filename: str = "file.bin", /, **fields: str
     ) -> Reply:
         form = aiohttp.FormData()
         form.add_field("file", io.BytesIO(content), filename=filename)
@@ -98,8 +98,9 @@ class Client:
             form.add_field(key, value)
         return await self.call("POST", path, data=form)
 
-    async def upload_apk(self, name: str, **fields: str) -> Reply:
-        return await self.upload("/ota/api/app/upload", (APKS / name).read_bytes(), name, **fields)
+    async def upload_apk(self, fixture: str, /, **fields: str) -> Reply:
+        content = (APKS / fixture).read_bytes()
+        return await self.upload("/ota/api/app/upload", content, fixture, **fields)
 
     async def login(self, email: str, password: str) -> None:
         reply = await self.post("/portal/V1/auth", {"email": email, "password": password, "type": "email"})

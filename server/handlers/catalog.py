@@ -1,7 +1,7 @@
 """Apps and OTA images (§4): upload, all, find.
 
-Upload pipeline: stream to a temp file (size-limited) -> parse in the worker process -> check for
-duplicates -> move the blob into place -> one transaction writes the file and app/image rows.
+Upload pipeline: stream to a temp file (size-limited) -> parse in the worker process -> in the
+writer thread: check for duplicates, move the blob into place, write the file and app/image rows.
 Re-uploading identical bytes returns the existing object; for apps the same package and
 versionCode with other bytes is 40900; an unsigned APK is 40001 (Android would refuse it).
 """
@@ -12,12 +12,13 @@ import asyncio
 import sqlite3
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from server.blobs import Received
-from server.context import admin, ctx, in_thread, session, site
+from server.blobs import BlobStore, Received
+from server.context import admin, ctx, session, site
 from server.domain import ota_info
 from server.domain.paging import parse_page_request
 from server.errors import Conflict, InvalidField
@@ -44,6 +45,19 @@ def _name(upload: Upload) -> str:
     return name
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewObject:
+    """An upload that passed parsing and validation, ready for the writer."""
+
+    site_uuid: str
+    upload: Upload
+    info: dict[str, Any]
+    name: str
+    enable: bool
+    user_uuid: str | None
+    now: int
+
+
 def _stored_file(received: Received, content_type: str) -> StoredFile:
     return StoredFile(
         uuid=str(uuid.uuid4()),
@@ -54,131 +68,128 @@ def _stored_file(received: Received, content_type: str) -> StoredFile:
     )
 
 
+def _app_info(meta: dict[str, Any]) -> dict[str, Any]:
+    """AppInfo from the parsed APK; size and date fields are device facts, null here [ours]."""
+    return {
+        "packageName": meta["package_name"],
+        "label": meta["label"],
+        "versionCode": meta["version_code"],
+        "versionName": meta["version_name"],
+        "minSdkVersion": meta["min_sdk_version"],
+        "targetSdkVersion": meta["target_sdk_version"],
+        "maxSdkVersion": meta["max_sdk_version"],
+        "certMd5": meta["cert_md5"],
+        "appSize": None,
+        "dataSize": None,
+        "firstInstalled": None,
+        "lastUpdated": None,
+    }
+
+
+def _insert_app(conn: sqlite3.Connection, blobs: BlobStore, new: NewObject) -> sqlite3.Row:
+    """Writer thread: duplicate and conflict checks, blob into place, then the rows."""
+    same = catalog.app_by_sha(conn, new.site_uuid, new.upload.file.sha256)
+    if same is not None:
+        return same
+    package, version = new.info["packageName"], new.info["versionCode"]
+    clash = catalog.app_by_version(conn, new.site_uuid, package, version)
+    if clash is not None:
+        raise Conflict(
+            f"file: {package} versionCode {version} exists already with other content "
+            f"(fileUuid {clash['file_uuid']}); raise versionCode"
+        )
+    blobs.commit(new.upload.file)
+    stored = _stored_file(new.upload.file, APK_TYPE)
+    catalog.insert_file(conn, new.site_uuid, stored, new.now)
+    catalog.insert_app(
+        conn,
+        new.site_uuid,
+        file_uuid=stored.uuid,
+        app_info=new.info,
+        name=new.name,
+        enable=new.enable,
+        user_uuid=new.user_uuid,
+        now=new.now,
+    )
+    row = catalog.app_by_uuid(conn, new.site_uuid, stored.uuid)
+    assert row is not None
+    return row
+
+
+def _insert_ota(conn: sqlite3.Connection, blobs: BlobStore, new: NewObject) -> sqlite3.Row:
+    same = catalog.ota_by_sha(conn, new.site_uuid, new.upload.file.sha256)
+    if same is not None:
+        return same
+    blobs.commit(new.upload.file)
+    stored = _stored_file(new.upload.file, "application/zip")
+    catalog.insert_file(conn, new.site_uuid, stored, new.now)
+    catalog.insert_ota(
+        conn,
+        new.site_uuid,
+        file_uuid=stored.uuid,
+        ota_info=new.info,
+        name=new.name,
+        enable=new.enable,
+        user_uuid=new.user_uuid,
+        now=new.now,
+    )
+    row = catalog.ota_by_uuid(conn, new.site_uuid, stored.uuid)
+    assert row is not None
+    return row
+
+
+def _new_object(request: web.Request, upload: Upload, info: dict[str, Any]) -> NewObject:
+    user = session(request)
+    return NewObject(
+        site_uuid=site(request).uuid,
+        upload=upload,
+        info=info,
+        name=_name(upload),
+        enable=form_bool(upload.fields, "enable", True),
+        user_uuid=user.user_uuid if user else None,
+        now=ctx(request).clock.now_ms(),
+    )
+
+
+async def _parsed(
+    request: web.Request, upload: Upload, worker: Callable[[str], Any], what: str
+) -> Any:
+    meta, error = await _parse(request, worker, str(upload.file.temp_path))
+    if meta is None:
+        error = error.replace(upload.file.temp_path.name, upload.file.file_name)
+        raise InvalidField(f"file: not a valid {what}: {error}")
+    return meta
+
+
 @admin
 async def upload_app(request: web.Request) -> web.Response:
     c = ctx(request)
-    site_uuid = site(request).uuid
-    user = session(request)
     upload = await read_upload(request, frozenset({"name", "enable"}))
     try:
-        name, enable = _name(upload), form_bool(upload.fields, "enable", True)
-        meta, error = await _parse(request, apk_worker, str(upload.file.temp_path))
-        if meta is None:
-            error = error.replace(upload.file.temp_path.name, upload.file.file_name)
-            raise InvalidField(f"file: not a valid APK: {error}")
+        meta = await _parsed(request, upload, apk_worker, "APK")
         if not meta["cert_md5"]:
             raise InvalidField(
                 f"file: {upload.file.file_name} is not signed; Android refuses unsigned APKs"
             )
-        existing = await c.db.read(catalog.app_by_sha, site_uuid, upload.file.sha256)
-        if existing is not None:
-            return ok(render_app(existing))
-        app_info = {
-            "packageName": meta["package_name"],
-            "label": meta["label"],
-            "versionCode": meta["version_code"],
-            "versionName": meta["version_name"],
-            "minSdkVersion": meta["min_sdk_version"],
-            "targetSdkVersion": meta["target_sdk_version"],
-            "maxSdkVersion": meta["max_sdk_version"],
-            "certMd5": meta["cert_md5"],
-            "appSize": None,
-            "dataSize": None,
-            "firstInstalled": None,
-            "lastUpdated": None,
-        }
-        stored = _stored_file(upload.file, APK_TYPE)
-    except BaseException:
-        c.blobs.discard(upload.file)
-        raise
-
-    def write(conn: sqlite3.Connection) -> sqlite3.Row:
-        same = catalog.app_by_sha(conn, site_uuid, stored.sha256)
-        if same is not None:
-            return same
-        clash = catalog.app_by_version(
-            conn, site_uuid, app_info["packageName"], app_info["versionCode"]
-        )
-        if clash is not None:
-            raise Conflict(
-                f"file: {app_info['packageName']} versionCode {app_info['versionCode']} exists "
-                f"already with other content (fileUuid {clash['file_uuid']}); raise versionCode"
-            )
-        now = c.clock.now_ms()
-        catalog.insert_file(conn, site_uuid, stored, now)
-        catalog.insert_app(
-            conn,
-            site_uuid,
-            file_uuid=stored.uuid,
-            app_info=app_info,
-            name=name,
-            enable=enable,
-            user_uuid=user.user_uuid if user else None,
-            now=now,
-        )
-        row = catalog.app_by_uuid(conn, site_uuid, stored.uuid)
-        assert row is not None
-        return row
-
-    return ok(render_app(await _commit_and_write(request, upload.file, write)))
-
-
-async def _commit_and_write(
-    request: web.Request, received: Received, write: Callable[[sqlite3.Connection], sqlite3.Row]
-) -> sqlite3.Row:
-    """Blob first, then rows: a row never names a missing blob (an orphan blob is harmless)."""
-    c = ctx(request)
-    try:
-        await in_thread(c.blobs.commit, received)
-    except BaseException:
-        c.blobs.discard(received)
-        raise
-    row: sqlite3.Row = await c.db.write(write)
-    return row
+        new = _new_object(request, upload, _app_info(meta))
+        row = await c.db.write(_insert_app, c.blobs, new)
+    finally:
+        c.blobs.discard(upload.file)  # gone already when the write moved it into place
+    return ok(render_app(row))
 
 
 @admin
 async def upload_ota(request: web.Request) -> web.Response:
     c = ctx(request)
-    site_uuid = site(request).uuid
-    user = session(request)
     upload = await read_upload(request, frozenset({"name", "enable", "otaInfo"}))
     try:
-        name, enable = _name(upload), form_bool(upload.fields, "enable", True)
-        meta, error = await _parse(request, ota_worker, str(upload.file.temp_path))
-        if meta is None:
-            error = error.replace(upload.file.temp_path.name, upload.file.file_name)
-            raise InvalidField(f"file: not a valid OTA package: {error}")
+        meta = await _parsed(request, upload, ota_worker, "OTA package")
         info = ota_info.merge_form(ota_info.from_metadata(meta), upload.fields.get("otaInfo"))
-        existing = await c.db.read(catalog.ota_by_sha, site_uuid, upload.file.sha256)
-        if existing is not None:
-            return ok(render_ota(existing))
-        stored = _stored_file(upload.file, "application/zip")
-    except BaseException:
+        new = _new_object(request, upload, info)
+        row = await c.db.write(_insert_ota, c.blobs, new)
+    finally:
         c.blobs.discard(upload.file)
-        raise
-
-    def write(conn: sqlite3.Connection) -> sqlite3.Row:
-        same = catalog.ota_by_sha(conn, site_uuid, stored.sha256)
-        if same is not None:
-            return same
-        now = c.clock.now_ms()
-        catalog.insert_file(conn, site_uuid, stored, now)
-        catalog.insert_ota(
-            conn,
-            site_uuid,
-            file_uuid=stored.uuid,
-            ota_info=info,
-            name=name,
-            enable=enable,
-            user_uuid=user.user_uuid if user else None,
-            now=now,
-        )
-        row = catalog.ota_by_uuid(conn, site_uuid, stored.uuid)
-        assert row is not None
-        return row
-
-    return ok(render_ota(await _commit_and_write(request, upload.file, write)))
+    return ok(render_ota(row))
 
 
 @admin
