@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from server.app import create_app
 from server.bootstrap import NewSite, create_site
@@ -34,7 +35,7 @@ def expected_apks() -> dict[str, dict[str, Any]]:
 class Reply:
     status: int
     body: dict[str, Any]
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
 
     @property
     def data(self) -> Any:
@@ -81,7 +82,7 @@ class Client:
             assert response.content_type == "application/json", (response.status, text[:200])
             parsed = json.loads(text)
             assert ENVELOPE_KEYS <= set(parsed), parsed
-            return Reply(response.status, parsed, dict(response.headers))
+            return Reply(response.status, parsed, response.headers.copy())
 
     async def get(self, path: str, **params: str) -> Reply:
         return await self.call("GET", path, params=params or None)

@@ -32,9 +32,9 @@ def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
             raise Unsatisfiable
         return max(0, length - suffix), length - 1
     first = int(first_raw)
+    if first >= length:
+        raise Unsatisfiable
     last = int(last_raw) if last_raw else length - 1
     if last < first:
         return None
-    if first >= length:
-        raise Unsatisfiable
     return first, min(last, length - 1)
