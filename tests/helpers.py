@@ -66,8 +66,14 @@ class Client:
         return headers
 
     async def call(
-        self, method: str, path: str, *, json_body: Any = None, raw: bytes | None = None,
-        params: dict[str, str] | None = None, data: Any = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        raw: bytes | None = None,
+        params: dict[str, str] | None = None,
+        data: Any = None,
         headers: dict[str, str] | None = None,
     ) -> Reply:
         body: Any = data
@@ -81,7 +87,7 @@ class Client:
             text = await response.read()
             assert response.content_type == "application/json", (response.status, text[:200])
             parsed = json.loads(text)
-            assert ENVELOPE_KEYS <= set(parsed), parsed
+            assert set(parsed) >= ENVELOPE_KEYS, parsed
             return Reply(response.status, parsed, response.headers.copy())
 
     async def get(self, path: str, **params: str) -> Reply:
@@ -104,7 +110,9 @@ class Client:
         return await self.upload("/ota/api/app/upload", content, fixture, **fields)
 
     async def login(self, email: str, password: str) -> None:
-        reply = await self.post("/portal/V1/auth", {"email": email, "password": password, "type": "email"})
+        reply = await self.post(
+            "/portal/V1/auth", {"email": email, "password": password, "type": "email"}
+        )
         assert reply.status == 200, reply.body
         self.token = reply.data["access_token"]
 
@@ -168,18 +176,27 @@ def seed_sites(config: ServerConfig, clock: Clock, names: list[str]) -> dict[str
         sites = {}
         for name in names:
             seed = SeedSite(
-                name=name, api_key=f"key-{name}", admin_email=f"admin@{name}.test",
+                name=name,
+                api_key=f"key-{name}",
+                admin_email=f"admin@{name}.test",
                 admin_password=f"pw-{name}",
             )
             created: NewSite = create_site(db, seed, clock)
-            sites[name] = Site(created.siteUuid, name, f"key-{name}", seed.admin_email or "",
-                               seed.admin_password or "")
+            sites[name] = Site(
+                created.siteUuid,
+                name,
+                f"key-{name}",
+                seed.admin_email or "",
+                seed.admin_password or "",
+            )
         return sites
     finally:
         db.close()
 
 
-def ota_zip(metadata: dict[str, str] | None, payload: bytes = b"payload", extra: bytes = b"") -> bytes:
+def ota_zip(
+    metadata: dict[str, str] | None, payload: bytes = b"payload", extra: bytes = b""
+) -> bytes:
     """A small OTA-shaped zip: META-INF/com/android/metadata (if given) and a payload."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -30,20 +30,29 @@ class Database:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._writer = ThreadPoolExecutor(1, "sqlite-writer", initializer=self._connect)
-        self._readers = ThreadPoolExecutor(READERS, "sqlite-reader", initializer=self._connect)
+        self._writer = ThreadPoolExecutor(1, "sqlite-writer")
+        self._readers = ThreadPoolExecutor(READERS, "sqlite-reader")
 
-    def _connect(self) -> None:
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (errors reach the caller)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA cache_size=-32000")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA cache_size=-32000")
+        except sqlite3.Error:
+            conn.close()
+            raise
         self._local.conn = conn
         with self._lock:
             self._connections.append(conn)
+        return conn
 
     @staticmethod
     def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -57,10 +66,10 @@ class Database:
         return result
 
     def _write_job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        return self._in_transaction(self._local.conn, fn, args)
+        return self._in_transaction(self._conn(), fn, args)
 
     def _read_job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        conn: sqlite3.Connection = self._local.conn
+        conn = self._conn()
         conn.execute("BEGIN")
         try:
             return fn(conn, *args)
@@ -93,7 +102,7 @@ class Database:
             raise ConfigError(f"{self.path}: cannot open the database ({exc.strerror})") from exc
 
     def _migrate_job(self) -> int:
-        conn: sqlite3.Connection = self._local.conn
+        conn = self._conn()
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
         current = row[0] or 0

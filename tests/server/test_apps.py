@@ -21,8 +21,15 @@ async def test_upload_matches_aapt_and_keytool(server: Server, admin: Client, na
     assert reply.status == 200, reply.body
     app = reply.data
     info = app["appInfo"]
-    for key in ("packageName", "versionCode", "versionName", "minSdkVersion", "targetSdkVersion",
-                "maxSdkVersion", "certMd5"):
+    for key in (
+        "packageName",
+        "versionCode",
+        "versionName",
+        "minSdkVersion",
+        "targetSdkVersion",
+        "maxSdkVersion",
+        "certMd5",
+    ):
         assert info[key] == want[key], key
     assert info["label"] == (want["label"] or want["packageName"])
     assert app["fileInfo"]["length"] == want["appSize"]
@@ -31,7 +38,8 @@ async def test_upload_matches_aapt_and_keytool(server: Server, admin: Client, na
     assert app["name"] == name and app["enable"] is True and app["extra"] == {}
     assert app["userUuid"] and app["registeredAt"].endswith("Z")
     assert (server.config.files_dir / want["sha256"][:2] / want["sha256"]).read_bytes() == (
-        APKS / name).read_bytes()
+        APKS / name
+    ).read_bytes()
 
 
 async def test_upload_name_and_enable_fields(admin: Client) -> None:
@@ -134,9 +142,12 @@ async def test_app_find_filters_and_paging(admin: Client) -> None:
     """app/find pages and filters by appInfo.packageName, name and enable."""
     for name in ("basic-v1.apk", "basic-v2.apk", "maxsdk.apk"):
         await admin.upload_apk(name, enable="false" if name == "maxsdk.apk" else "true")
-    by_package = await admin.get("/ota/api/app/find",
-                                 filter=json.dumps({"appInfo.packageName": "com.example.basic"}),
-                                 sortBy="appInfo.versionCode", direction="desc")
+    by_package = await admin.get(
+        "/ota/api/app/find",
+        filter=json.dumps({"appInfo.packageName": "com.example.basic"}),
+        sortBy="appInfo.versionCode",
+        direction="desc",
+    )
     assert [a["appInfo"]["versionCode"] for a in by_package.data] == [2, 1]
     assert by_package.body["totalSize"] == 2
     disabled = await admin.get("/ota/api/app/find", filter=json.dumps({"enable": False}))

@@ -46,8 +46,18 @@ async def test_login_email_is_case_insensitive(server: Server, http: aiohttp.Cli
 @pytest.mark.parametrize(
     ("body", "status", "code", "needle"),
     [
-        ({"email": "admin@alpha.test", "password": "wrong", "type": "email"}, 401, 40100, "wrong email or password"),
-        ({"email": "nobody@alpha.test", "password": "pw-alpha"}, 401, 40100, "wrong email or password"),
+        (
+            {"email": "admin@alpha.test", "password": "wrong", "type": "email"},
+            401,
+            40100,
+            "wrong email or password",
+        ),
+        (
+            {"email": "nobody@alpha.test", "password": "pw-alpha"},
+            401,
+            40100,
+            "wrong email or password",
+        ),
         ({"password": "pw-alpha"}, 400, 40001, "email"),
         ({"email": "admin@alpha.test"}, 400, 40001, "password"),
         ({"email": 5, "password": "x"}, 400, 40001, "email: must be a string"),
@@ -55,7 +65,11 @@ async def test_login_email_is_case_insensitive(server: Server, http: aiohttp.Cli
     ],
 )
 async def test_bad_logins(
-    server: Server, http: aiohttp.ClientSession, body: dict[str, object], status: int, code: int,
+    server: Server,
+    http: aiohttp.ClientSession,
+    body: dict[str, object],
+    status: int,
+    code: int,
     needle: str,
 ) -> None:
     """Wrong credentials are 40100 without saying which part was wrong; bad fields are 40001."""
@@ -66,10 +80,14 @@ async def test_bad_logins(
     assert server.sql("SELECT COUNT(*) AS n FROM access_tokens")[0]["n"] == 0
 
 
-async def test_login_with_another_sites_key_fails(server: Server, http: aiohttp.ClientSession) -> None:
+async def test_login_with_another_sites_key_fails(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     """Logging in to alpha's account with beta's API key is 40100."""
     client = Client(http, server.base, server.sites["beta"].key)
-    reply = await client.post("/portal/V1/auth", {"email": "admin@alpha.test", "password": "pw-alpha"})
+    reply = await client.post(
+        "/portal/V1/auth", {"email": "admin@alpha.test", "password": "pw-alpha"}
+    )
     assert reply.code == 40100
 
 

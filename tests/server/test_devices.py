@@ -12,8 +12,18 @@ from tests.server.test_groups import make_group
 
 
 def device(serial: str, **extra: Any) -> dict[str, Any]:
-    return {"profile": {"hardware_info": {"serial_no": serial, "manufacturer": "Acme", "brand": "AB",
-                                          "model": extra.pop("model", "M1")}}, "enabled": True, **extra}
+    return {
+        "profile": {
+            "hardware_info": {
+                "serial_no": serial,
+                "manufacturer": "Acme",
+                "brand": "AB",
+                "model": extra.pop("model", "M1"),
+            }
+        },
+        "enabled": True,
+        **extra,
+    }
 
 
 async def save(client: Client, *devices: dict[str, Any], **params: str) -> None:
@@ -29,7 +39,11 @@ async def test_exists_then_save(admin: Client) -> None:
     assert (await admin.get("/ota/api/device/exists", serialNo="S1")).data is True
     found = (await admin.get("/ota/api/device/findBy", serialNo="S1")).data
     assert found["profile"]["hardware_info"] == {
-        "serial_no": "S1", "manufacturer": "Acme", "brand": "AB", "model": "M1"}
+        "serial_no": "S1",
+        "manufacturer": "Acme",
+        "brand": "AB",
+        "model": "M1",
+    }
     assert found["states"] == {"clientVersion": 0, "rtcEnabled": False, "state": "offline"}
     assert found["enrolled"] is None and found["lastCheckedIn"] is None
     assert found["enabled"] is True and found["deviceGroup"] is None
@@ -44,14 +58,21 @@ async def test_exists_needs_serial(admin: Client) -> None:
 
 
 async def test_resave_resets_status(server: Server, admin: Client) -> None:
-    """Saving an existing serial resets states, enrolled, lastCheckedIn, token and progress [seed]."""
+    """Re-saving a serial resets states, enrolled, lastCheckedIn, token and progress [seed]."""
     await save(admin, device("S1"))
     row = server.sql("SELECT uuid, created FROM devices WHERE serial_no = 'S1'")[0]
     server.sql(
         "UPDATE devices SET state = 'online', client_version = 7, rtc_enabled = 1, enrolled = ?, "
-        "last_checked_in = ?, token_hash = 'h' WHERE uuid = ?", NOW_MS, NOW_MS, row["uuid"])
-    server.sql("INSERT INTO profiles (uuid, site_uuid, name, enabled, is_global, doc, created, updated) "
-               "VALUES ('p1', ?, 'p', 1, 1, '{}', 0, 0)", server.sites["alpha"].uuid)
+        "last_checked_in = ?, token_hash = 'h' WHERE uuid = ?",
+        NOW_MS,
+        NOW_MS,
+        row["uuid"],
+    )
+    server.sql(
+        "INSERT INTO profiles (uuid, site_uuid, name, enabled, is_global, doc, created, updated) "
+        "VALUES ('p1', ?, 'p', 1, 1, '{}', 0, 0)",
+        server.sites["alpha"].uuid,
+    )
     server.sql("INSERT INTO profile_progress VALUES ('p1', ?, 'applied', '', 0)", row["uuid"])
     before = (await admin.get("/ota/api/device/findBy", serialNo="S1")).data
     assert before["states"]["state"] == "online" and before["enrolled"] is not None
@@ -80,8 +101,16 @@ async def test_save_stores_license_query(server: Server, admin: Client) -> None:
         ({"profile": {}}, 40000, "must be a JSON array"),
         ([], 40001, "empty"),
         ([device("A"), device("A")], 40001, "appears twice"),
-        ([device("A"), {"profile": {"hardware_info": {}}}], 40001, "[1].profile.hardware_info.serial_no: is required"),
-        ([device("A"), {"profile": {"hardware_info": {"serial_no": 12}}}], 40001, "must be a string"),
+        (
+            [device("A"), {"profile": {"hardware_info": {}}}],
+            40001,
+            "[1].profile.hardware_info.serial_no: is required",
+        ),
+        (
+            [device("A"), {"profile": {"hardware_info": {"serial_no": 12}}}],
+            40001,
+            "must be a string",
+        ),
         ([device("A"), {"enabled": True}], 40001, "[1].profile: is required"),
         ([device("A"), device("B", enabled="no")], 40001, "[1].enabled"),
         ([device("A"), device("B", groupUuid="nope")], 40001, "[1].groupUuid: no device group"),
@@ -115,7 +144,9 @@ async def test_find_paging_edges(admin: Client) -> None:
     first = await admin.get("/ota/api/device/find", size="20", sortBy="serialNo")
     assert (first.body["totalSize"], first.body["totalPage"], len(first.data)) == (45, 3, 20)
     last = await admin.get("/ota/api/device/find", size="20", page="2", sortBy="serialNo")
-    assert [d["profile"]["hardware_info"]["serial_no"] for d in last.data] == [f"S{i}" for i in range(40, 45)]
+    assert [d["profile"]["hardware_info"]["serial_no"] for d in last.data] == [
+        f"S{i}" for i in range(40, 45)
+    ]
     past = await admin.get("/ota/api/device/find", size="20", page="3")
     assert past.data == [] and past.body["totalSize"] == 45
     whole = await admin.get("/ota/api/device/find", size="500")
@@ -123,8 +154,14 @@ async def test_find_paging_edges(admin: Client) -> None:
     pages = [await admin.get("/ota/api/device/find", size="10", page=str(p)) for p in range(5)]
     seen = [d["uuid"] for page in pages for d in page.data]
     assert len(seen) == len(set(seen)) == 45
-    for params in ({"size": "0"}, {"size": "501"}, {"page": "-1"}, {"size": "ten"},
-                   {"direction": "up"}, {"sortBy": "password"}):
+    for params in (
+        {"size": "0"},
+        {"size": "501"},
+        {"page": "-1"},
+        {"size": "ten"},
+        {"direction": "up"},
+        {"sortBy": "password"},
+    ):
         reply = await admin.get("/ota/api/device/find", **params)
         assert reply.code == 40001, params
         assert next(iter(params)) in reply.body["message"]
@@ -134,8 +171,9 @@ async def test_find_sort_directions(admin: Client) -> None:
     """sortBy a field path with direction asc and desc."""
     await save(admin, *[device(f"S{i}") for i in (3, 1, 2)])
     for direction, expected in (("asc", ["S1", "S2", "S3"]), ("desc", ["S3", "S2", "S1"])):
-        reply = await admin.get("/ota/api/device/find", sortBy="profile.hardware_info.serial_no",
-                                direction=direction)
+        reply = await admin.get(
+            "/ota/api/device/find", sortBy="profile.hardware_info.serial_no", direction=direction
+        )
         assert [d["profile"]["hardware_info"]["serial_no"] for d in reply.data] == expected
 
 
@@ -143,9 +181,16 @@ async def test_find_filters(server: Server, admin: Client) -> None:
     """Each documented filter key narrows the list; a list means any of."""
     g1 = await make_group(admin, "g1")
     g2 = await make_group(admin, "g2")
-    await save(admin, device("A", groupUuid=g1, model="X"), device("B", groupUuid=g2, model="Y"),
-               device("C", model="X"), device("D", enabled=False, model="Z"))
-    server.sql("UPDATE devices SET state = 'online', last_checked_in = ? WHERE serial_no = 'A'", NOW_MS)
+    await save(
+        admin,
+        device("A", groupUuid=g1, model="X"),
+        device("B", groupUuid=g2, model="Y"),
+        device("C", model="X"),
+        device("D", enabled=False, model="Z"),
+    )
+    server.sql(
+        "UPDATE devices SET state = 'online', last_checked_in = ? WHERE serial_no = 'A'", NOW_MS
+    )
     server.sql("UPDATE devices SET last_checked_in = ? WHERE serial_no = 'B'", NOW_MS - 3_600_000)
 
     async def serials(flt: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The envelope and error table of §1 hold everywhere: unknown paths, methods, bad bodies, crashes."""
+"""The envelope and error table of §1 hold everywhere: unknown paths, methods, bad bodies."""
 
 from __future__ import annotations
 
@@ -56,14 +56,16 @@ async def test_wrong_method_is_405_envelope(admin: Client) -> None:
     ],
 )
 async def test_bad_json_bodies_are_40000(admin: Client, raw: bytes, needle: str) -> None:
-    """A body that is not JSON, or not an object where one is expected, is 40000; nothing is saved."""
+    """A body that is not JSON, or not the JSON type expected, is 40000; nothing is saved."""
     reply = await admin.call("POST", "/ota/api/device/group/save", raw=raw)
     assert (reply.status, reply.code) == (400, 40000)
     assert needle in reply.body["message"]
     assert (await admin.get("/ota/api/device/group/all")).data == []
 
 
-async def test_oversize_json_body_is_41300(server_factory: StartServer, http: aiohttp.ClientSession) -> None:
+async def test_oversize_json_body_is_41300(
+    server_factory: StartServer, http: aiohttp.ClientSession
+) -> None:
     """A JSON body over --max-json-bytes is 41300 and nothing is saved."""
     server = await server_factory(max_json_bytes=2048)
     site = server.sites["alpha"]
@@ -97,7 +99,9 @@ async def test_http_error_status_and_code_agree(server: Server, admin: Client) -
     replies = [
         await admin.get("/ota/api/device/findBy", uuid="missing"),
         await admin.get("/ota/api/device/exists"),
-        await Client(admin.http, server.base, "wrong-key", admin.token).get("/ota/api/device/group/all"),
+        await Client(admin.http, server.base, "wrong-key", admin.token).get(
+            "/ota/api/device/group/all"
+        ),
     ]
     for reply in replies:
         assert reply.code // 100 == reply.status

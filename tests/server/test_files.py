@@ -6,7 +6,6 @@ import hashlib
 
 from multidict import CIMultiDict
 
-
 from server.auth import hash_secret
 from tests.helpers import APKS, Client, Server
 
@@ -14,8 +13,9 @@ from tests.helpers import APKS, Client, Server
 async def fetch(
     client: Client, file_uuid: str, **headers: str
 ) -> tuple[int, bytes, CIMultiDict[str]]:
-    async with client.http.get(f"{client.base}/ota/api/file/{file_uuid}",
-                               headers=client.headers(headers)) as response:
+    async with client.http.get(
+        f"{client.base}/ota/api/file/{file_uuid}", headers=client.headers(headers)
+    ) as response:
         return response.status, await response.read(), response.headers.copy()
 
 
@@ -53,7 +53,9 @@ async def test_resume_after_partial_read(admin: Client) -> None:
     """A client that read part of the file resumes with Range and If-Range and gets the rest."""
     file_uuid, content = await uploaded(admin)
     _, _, headers = await fetch(admin, file_uuid, Range="bytes=0-4095")
-    status, rest, _ = await fetch(admin, file_uuid, Range="bytes=4096-", **{"If-Range": headers["ETag"]})
+    status, rest, _ = await fetch(
+        admin, file_uuid, Range="bytes=4096-", **{"If-Range": headers["ETag"]}
+    )
     assert status == 206 and content[:4096] + rest == content
 
 

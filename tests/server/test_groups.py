@@ -18,10 +18,20 @@ async def make_group(client: Client, name: str, parent: str | None = None) -> st
 
 async def test_create_and_read_group(server: Server, admin: Client) -> None:
     """A saved group has the seed's fields and reads back through findBy and all."""
-    reply = await admin.post("/ota/api/device/group/save", {"profile": {"name": "lab"}, "enabled": False})
+    reply = await admin.post(
+        "/ota/api/device/group/save", {"profile": {"name": "lab"}, "enabled": False}
+    )
     group = reply.data
-    assert set(group) >= {"siteUuid", "parentUuid", "deviceNumbers", "uuid", "profile", "created",
-                          "updated", "enabled"}
+    assert set(group) >= {
+        "siteUuid",
+        "parentUuid",
+        "deviceNumbers",
+        "uuid",
+        "profile",
+        "created",
+        "updated",
+        "enabled",
+    }
     assert group["profile"] == {"name": "lab"} and group["enabled"] is False
     assert group["siteUuid"] == server.sites["alpha"].uuid
     assert group["parentUuid"] is None and group["deviceNumbers"] == 0
@@ -34,22 +44,26 @@ async def test_update_group_by_uuid(admin: Client) -> None:
     """Saving with an existing uuid updates name, enabled and parent; uuid stays."""
     parent = await make_group(admin, "parent")
     child = await make_group(admin, "child")
-    reply = await admin.post("/ota/api/device/group/save", {
-        "uuid": child, "profile": {"name": "renamed"}, "enabled": False, "parentUuid": parent})
+    reply = await admin.post(
+        "/ota/api/device/group/save",
+        {"uuid": child, "profile": {"name": "renamed"}, "enabled": False, "parentUuid": parent},
+    )
     assert reply.data["uuid"] == child
     assert reply.data["profile"]["name"] == "renamed" and reply.data["parentUuid"] == parent
     assert len((await admin.get("/ota/api/device/group/all")).data) == 2
 
 
 async def test_cycles_are_rejected(server: Server, admin: Client) -> None:
-    """A group cannot become its own parent or the child of its descendant (40001); nothing changes."""
+    """A group cannot move under itself or its descendant (40001); nothing changes."""
     top = await make_group(admin, "top")
     mid = await make_group(admin, "mid", top)
     low = await make_group(admin, "low", mid)
     before = server.sql("SELECT uuid, parent_uuid, updated FROM device_groups ORDER BY uuid")
     for new_parent in (top, low, mid):
-        reply = await admin.post("/ota/api/device/group/save", {
-            "uuid": top, "profile": {"name": "top"}, "parentUuid": new_parent})
+        reply = await admin.post(
+            "/ota/api/device/group/save",
+            {"uuid": top, "profile": {"name": "top"}, "parentUuid": new_parent},
+        )
         assert (reply.status, reply.code) == (400, 40001)
         assert "cycle" in reply.body["message"]
     after = server.sql("SELECT uuid, parent_uuid, updated FROM device_groups ORDER BY uuid")
@@ -68,7 +82,9 @@ async def test_cycles_are_rejected(server: Server, admin: Client) -> None:
         ({"profile": "x"}, "profile: must be an object"),
     ],
 )
-async def test_invalid_group_bodies(server: Server, admin: Client, body: dict[str, object], needle: str) -> None:
+async def test_invalid_group_bodies(
+    server: Server, admin: Client, body: dict[str, object], needle: str
+) -> None:
     """Each invalid field is 40001 naming it; nothing is written."""
     reply = await admin.post("/ota/api/device/group/save", body)
     assert (reply.status, reply.code) == (400, 40001)
@@ -80,7 +96,9 @@ async def test_unknown_group_uuid(admin: Client) -> None:
     """findBy and update of an unknown uuid are 40400; findBy without uuid is 40001."""
     assert (await admin.get("/ota/api/device/group/findBy", uuid="nope")).code == 40400
     assert (await admin.get("/ota/api/device/group/findBy")).code == 40001
-    reply = await admin.post("/ota/api/device/group/save", {"uuid": "nope", "profile": {"name": "x"}})
+    reply = await admin.post(
+        "/ota/api/device/group/save", {"uuid": "nope", "profile": {"name": "x"}}
+    )
     assert reply.code == 40400
 
 
@@ -88,8 +106,10 @@ async def test_device_numbers_count_direct_members(admin: Client) -> None:
     """deviceNumbers counts devices directly in the group, not in its children."""
     top = await make_group(admin, "top")
     child = await make_group(admin, "child", top)
-    body = [{"profile": {"hardware_info": {"serial_no": f"S{i}"}}, "groupUuid": top if i < 3 else child}
-            for i in range(5)]
+    body = [
+        {"profile": {"hardware_info": {"serial_no": f"S{i}"}}, "groupUuid": top if i < 3 else child}
+        for i in range(5)
+    ]
     assert (await admin.post("/ota/api/device/save", body)).status == 200
     groups = {g["profile"]["name"]: g for g in (await admin.get("/ota/api/device/group/all")).data}
     assert groups["top"]["deviceNumbers"] == 3 and groups["child"]["deviceNumbers"] == 2
@@ -98,5 +118,7 @@ async def test_device_numbers_count_direct_members(admin: Client) -> None:
 async def test_group_parent_of_other_site_is_unknown(admin: Client, other: Client) -> None:
     """A parent in another site is 'no such group' (its existence is not revealed)."""
     foreign = await make_group(other, "beta-group")
-    reply = await admin.post("/ota/api/device/group/save", {"profile": {"name": "x"}, "parentUuid": foreign})
+    reply = await admin.post(
+        "/ota/api/device/group/save", {"profile": {"name": "x"}, "parentUuid": foreign}
+    )
     assert reply.code == 40001

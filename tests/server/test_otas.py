@@ -21,7 +21,6 @@ PARTIAL_META = {
 }
 
 
-
 async def test_metadata_fills_ota_info(admin: Client) -> None:
     """ota-type, pre-device, post-build and post-timestamp map onto otaInfo (§4)."""
     reply = await admin.upload("/ota/api/ota/upload", ota_zip(FULL_META), "full.zip")
@@ -41,13 +40,29 @@ async def test_partial_image_has_prebuild(admin: Client) -> None:
 
 async def test_form_ota_info_overrides_and_fills(admin: Client) -> None:
     """The otaInfo form field fills what the zip lacks and overrides what it says."""
-    extra = {"type": "region", "productId": "P1", "skuId": "SKU9", "customerId": "C1",
-             "deviceId": "override", "sdk": 34, "abUpdate": False}
-    reply = await admin.upload("/ota/api/ota/upload", ota_zip(FULL_META), "r.zip",
-                               otaInfo=json.dumps(extra), name="Region EU")
+    extra = {
+        "type": "region",
+        "productId": "P1",
+        "skuId": "SKU9",
+        "customerId": "C1",
+        "deviceId": "override",
+        "sdk": 34,
+        "abUpdate": False,
+    }
+    reply = await admin.upload(
+        "/ota/api/ota/upload",
+        ota_zip(FULL_META),
+        "r.zip",
+        otaInfo=json.dumps(extra),
+        name="Region EU",
+    )
     info = reply.data["otaInfo"]
     assert (info["type"], info["productId"], info["skuId"], info["customerId"]) == (
-        "region", "P1", "SKU9", "C1")
+        "region",
+        "P1",
+        "SKU9",
+        "C1",
+    )
     assert info["deviceId"] == "override" and info["abUpdate"] is False and info["sdk"] == "34"
     assert reply.data["name"] == "Region EU"
 
@@ -57,8 +72,9 @@ async def test_ota_info_completes_missing_metadata(admin: Client) -> None:
     meta = {"ota-type": "BLOCK", "post-build": "acme/x/x:13/T/1:user/release-keys"}
     missing = await admin.upload("/ota/api/ota/upload", ota_zip(meta), "x.zip")
     assert missing.code == 40001 and "otaInfo.deviceId" in missing.body["message"]
-    given = await admin.upload("/ota/api/ota/upload", ota_zip(meta), "x.zip",
-                               otaInfo=json.dumps({"deviceId": "x"}))
+    given = await admin.upload(
+        "/ota/api/ota/upload", ota_zip(meta), "x.zip", otaInfo=json.dumps({"deviceId": "x"})
+    )
     assert given.status == 200 and given.data["otaInfo"]["abUpdate"] is False
 
 
@@ -68,11 +84,20 @@ async def test_ota_info_completes_missing_metadata(admin: Client) -> None:
         (b"not a zip at all", {}, "not a zip archive"),
         (ota_zip(None), {}, "no META-INF/com/android/metadata"),
         (ota_zip(FULL_META)[:200], {}, "not a zip archive or truncated"),
-        (ota_zip({"ota-type": "AB", "post-timestamp": "soon", "pre-device": "d", "post-build": "b"}), {},
-         "post-timestamp"),
+        (
+            ota_zip(
+                {"ota-type": "AB", "post-timestamp": "soon", "pre-device": "d", "post-build": "b"}
+            ),
+            {},
+            "post-timestamp",
+        ),
         (ota_zip(FULL_META), {"otaInfo": "{bad"}, "otaInfo: is not valid JSON"),
         (ota_zip(FULL_META), {"otaInfo": "[]"}, "otaInfo: must be a JSON object"),
-        (ota_zip(FULL_META), {"otaInfo": '{"deviceID": "typo"}'}, "otaInfo.deviceID: unknown field"),
+        (
+            ota_zip(FULL_META),
+            {"otaInfo": '{"deviceID": "typo"}'},
+            "otaInfo.deviceID: unknown field",
+        ),
         (ota_zip(FULL_META), {"otaInfo": '{"type": "delta"}'}, "otaInfo.type"),
         (ota_zip(FULL_META), {"otaInfo": '{"buildDate": "today"}'}, "otaInfo.buildDate"),
         (ota_zip(FULL_META), {"otaInfo": '{"abUpdate": "yes"}'}, "otaInfo.abUpdate"),
@@ -101,15 +126,25 @@ async def test_identical_reupload_returns_existing(server: Server, admin: Client
 async def test_ota_all_and_find(admin: Client, other: Client) -> None:
     """ota/all lists with size; ota/find filters by otaInfo.type and deviceId; sites are apart."""
     await admin.upload("/ota/api/ota/upload", ota_zip(FULL_META), "base.zip")
-    await admin.upload("/ota/api/ota/upload", ota_zip(FULL_META, extra=b"r"), "region.zip",
-                       otaInfo=json.dumps({"type": "region"}))
-    await admin.upload("/ota/api/ota/upload", ota_zip(PARTIAL_META), "inc.zip",
-                       otaInfo=json.dumps({"deviceId": "taimen"}))
+    await admin.upload(
+        "/ota/api/ota/upload",
+        ota_zip(FULL_META, extra=b"r"),
+        "region.zip",
+        otaInfo=json.dumps({"type": "region"}),
+    )
+    await admin.upload(
+        "/ota/api/ota/upload",
+        ota_zip(PARTIAL_META),
+        "inc.zip",
+        otaInfo=json.dumps({"deviceId": "taimen"}),
+    )
     listing = await admin.get("/ota/api/ota/all")
     assert listing.body["size"] == 3 and len(listing.data) == 3
     regions = await admin.get("/ota/api/ota/find", filter=json.dumps({"otaInfo.type": "region"}))
     assert [o["fileInfo"]["fileName"] for o in regions.data] == ["region.zip"]
-    taimen = await admin.get("/ota/api/ota/find", filter=json.dumps({"otaInfo.deviceId": ["taimen"]}))
+    taimen = await admin.get(
+        "/ota/api/ota/find", filter=json.dumps({"otaInfo.deviceId": ["taimen"]})
+    )
     assert taimen.body["totalSize"] == 1
     assert (await other.get("/ota/api/ota/all")).data == []
     assert (await other.get("/ota/api/ota/find")).body["totalSize"] == 0

@@ -26,14 +26,25 @@ async def test_minimal_profile_gets_defaults_and_name(server: Server, admin: Cli
     assert saved["name"] == "20260921_14:13:20" and saved["updated"] == NOW_MS
     loaded = (await admin.get("/ota/api/profile/findBy", uuid=saved["uuid"])).data
     assert loaded["uuid"] == saved["uuid"] and loaded["updated"] == NOW_MS
-    assert loaded["siteUuid"] == server.sites["alpha"].uuid and loaded["writer"]["email"] == "admin@alpha.test"
+    assert (
+        loaded["siteUuid"] == server.sites["alpha"].uuid
+        and loaded["writer"]["email"] == "admin@alpha.test"
+    )
     section = loaded["profile"]
     assert section["name"] == saved["name"] and section["applyOrder"] == "none"
     assert section["applyWhile"] == {"sleeping": True, "offline": False}
-    assert (section["updateVia"], section["repeatOption"], section["endsOption"], section["timeOption"]) == (
-        "any", "none", "never", "anytime")
+    assert (
+        section["updateVia"],
+        section["repeatOption"],
+        section["endsOption"],
+        section["timeOption"],
+    ) == ("any", "none", "never", "anytime")
     assert loaded["settings"]["otas"] == {
-        "silent_install": True, "partialFirst": False, "need_ac": False, "checkBuildDate": True}
+        "silent_install": True,
+        "partialFirst": False,
+        "need_ac": False,
+        "checkBuildDate": True,
+    }
     assert loaded["isGlobal"] is False and loaded["enabled"] is True
     assert loaded["scope"] == {"group": [], "device": []} and loaded["otas"] == []
 
@@ -45,18 +56,45 @@ async def test_full_profile_round_trips(admin: Client) -> None:
     group = await make_group(admin, "lab")
     body = {
         "isGlobal": False,
-        "profile": {"name": "rollout", "applyOrder": "otas", "removeIfNoScope": True,
-                    "unscopeIfApplied": True, "applyWhile": {"sleeping": False, "offline": True},
-                    "startsOn": "2026-10-01T08:00:00+02:00", "updateVia": "wifi",
-                    "repeatOption": "weekly", "endsOption": "after", "ends": 3, "repeatEvery": 2,
-                    "repeatPeriod": "week", "timeOption": "01:00-05:30", "wakeToApply": True},
+        "profile": {
+            "name": "rollout",
+            "applyOrder": "otas",
+            "removeIfNoScope": True,
+            "unscopeIfApplied": True,
+            "applyWhile": {"sleeping": False, "offline": True},
+            "startsOn": "2026-10-01T08:00:00+02:00",
+            "updateVia": "wifi",
+            "repeatOption": "weekly",
+            "endsOption": "after",
+            "ends": 3,
+            "repeatEvery": 2,
+            "repeatPeriod": "week",
+            "timeOption": "01:00-05:30",
+            "wakeToApply": True,
+        },
         "scope": {"group": [group], "device": ["NEW-1"]},
-        "apps": {"install": [{"uuid": app, "starts_on_update": True, "silent_install": False,
-                              "grant_all": True, "reboots_on_update": True}]},
+        "apps": {
+            "install": [
+                {
+                    "uuid": app,
+                    "starts_on_update": True,
+                    "silent_install": False,
+                    "grant_all": True,
+                    "reboots_on_update": True,
+                }
+            ]
+        },
         "otas": [ota],
         "schedule_date": {"start_on": NOW_MS + 60_000},
-        "settings": {"otas": {"silent_install": False, "partialFirst": True, "need_ac": True,
-                              "checkBuildDate": False}, "wifi": {"ssid": "lab"}},
+        "settings": {
+            "otas": {
+                "silent_install": False,
+                "partialFirst": True,
+                "need_ac": True,
+                "checkBuildDate": False,
+            },
+            "wifi": {"ssid": "lab"},
+        },
     }
     saved = await save_profile(admin, body)
     loaded = (await admin.get("/ota/api/profile/findBy", uuid=saved["uuid"])).data
@@ -69,7 +107,7 @@ async def test_full_profile_round_trips(admin: Client) -> None:
 
 
 async def test_scope_serials_are_registered_without_reset(server: Server, admin: Client) -> None:
-    """A serial in scope.device that is not a device yet is saved at once; existing ones untouched."""
+    """A serial in scope.device that is no device yet is saved at once; others untouched."""
     await admin.post("/ota/api/device/save", [{"profile": {"hardware_info": {"serial_no": "OLD"}}}])
     server.sql("UPDATE devices SET state = 'online' WHERE serial_no = 'OLD'")
     await save_profile(admin, {"scope": {"device": ["OLD", "NEW"]}})
@@ -81,7 +119,10 @@ async def test_scope_serials_are_registered_without_reset(server: Server, admin:
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"apps": {"install": [{"uuid": "no-such-app"}]}}, "apps.install[].uuid: no app 'no-such-app'"),
+        (
+            {"apps": {"install": [{"uuid": "no-such-app"}]}},
+            "apps.install[].uuid: no app 'no-such-app'",
+        ),
         ({"otas": ["no-such-image"]}, "otas[]: no OTA image 'no-such-image'"),
         ({"otas": [{"uuid": "no-such-image"}]}, "otas[]: no OTA image"),
         ({"scope": {"group": ["no-such-group"]}}, "scope.group[]: no device group"),
@@ -125,7 +166,7 @@ async def test_other_sites_app_cannot_be_named(admin: Client, other: Client) -> 
 
 
 async def test_edit_replaces_and_detects_stale_updates(server: Server, admin: Client) -> None:
-    """Edit with the loaded `updated` replaces the profile; a second edit from the same load is 40900."""
+    """Edit with the loaded `updated` replaces the profile; a 2nd edit of that load is 40900."""
     saved = await save_profile(admin, {"profile": {"name": "v1"}})
     loaded = (await admin.get("/ota/api/profile/findBy", uuid=saved["uuid"])).data
     loaded["profile"]["name"] = "v2"
@@ -145,24 +186,34 @@ async def test_edit_errors(admin: Client, other: Client) -> None:
     """Edit without updated is 40001; unknown or foreign uuid 40400; mismatched body uuid 40001."""
     saved = await save_profile(admin, {})
     loaded = (await admin.get("/ota/api/profile/findBy", uuid=saved["uuid"])).data
-    missing = await admin.post("/ota/api/profile/edit", {k: v for k, v in loaded.items() if k != "updated"},
-                               uuid=saved["uuid"])
+    missing = await admin.post(
+        "/ota/api/profile/edit",
+        {k: v for k, v in loaded.items() if k != "updated"},
+        uuid=saved["uuid"],
+    )
     assert missing.code == 40001 and "updated" in missing.body["message"]
     anonymous = {k: v for k, v in loaded.items() if k != "uuid"}
     assert (await admin.post("/ota/api/profile/edit", anonymous, uuid="nope")).code == 40400
     assert (await other.post("/ota/api/profile/edit", loaded, uuid=saved["uuid"])).code == 40400
     assert (await admin.post("/ota/api/profile/edit", loaded)).code == 40001
-    mismatch = await admin.post("/ota/api/profile/edit", dict(loaded, uuid="other"), uuid=saved["uuid"])
+    mismatch = await admin.post(
+        "/ota/api/profile/edit", dict(loaded, uuid="other"), uuid=saved["uuid"]
+    )
     assert mismatch.code == 40001
     iso_updated = dict(loaded, updated="2026-09-21T14:13:20.000Z")
-    assert (await admin.post("/ota/api/profile/edit", iso_updated, uuid=saved["uuid"])).status == 200
+    assert (
+        await admin.post("/ota/api/profile/edit", iso_updated, uuid=saved["uuid"])
+    ).status == 200
 
 
 async def test_all_find_and_isolation(admin: Client, other: Client) -> None:
     """profile/all and profile/find list the site's profiles only; find filters by name/isGlobal."""
     await save_profile(admin, {"profile": {"name": "a"}})
     await save_profile(admin, {"profile": {"name": "b"}, "isGlobal": True})
-    assert [p["profile"]["name"] for p in (await admin.get("/ota/api/profile/all")).data] == ["a", "b"]
+    assert [p["profile"]["name"] for p in (await admin.get("/ota/api/profile/all")).data] == [
+        "a",
+        "b",
+    ]
     found = await admin.get("/ota/api/profile/find", filter=json.dumps({"isGlobal": True}))
     assert [p["profile"]["name"] for p in found.data] == ["b"] and found.body["totalSize"] == 1
     by_name = await admin.get("/ota/api/profile/find", filter=json.dumps({"name": ["a"]}))
@@ -179,17 +230,28 @@ async def test_status_counts_scope_with_child_groups(server: Server, admin: Clie
     child = await make_group(admin, "child", top)
     elsewhere = await make_group(admin, "elsewhere")
     devices = [("T1", top), ("C1", child), ("C2", child), ("E1", elsewhere), ("L1", None)]
-    await admin.post("/ota/api/device/save", [
-        {"profile": {"hardware_info": {"serial_no": s}}, **({"groupUuid": g} if g else {})}
-        for s, g in devices])
+    await admin.post(
+        "/ota/api/device/save",
+        [
+            {"profile": {"hardware_info": {"serial_no": s}}, **({"groupUuid": g} if g else {})}
+            for s, g in devices
+        ],
+    )
     saved = await save_profile(admin, {"scope": {"group": [top], "device": ["L1"]}})
     for serial, state in (("T1", "applied"), ("C1", "failed")):
-        server.sql("INSERT INTO profile_progress SELECT ?, uuid, ?, 'r', ? FROM devices WHERE serial_no = ?",
-                   saved["uuid"], state, NOW_MS, serial)
+        server.sql(
+            "INSERT INTO profile_progress SELECT ?, uuid, ?, 'r', ? FROM devices "
+            "WHERE serial_no = ?",
+            saved["uuid"],
+            state,
+            NOW_MS,
+            serial,
+        )
     reply = await admin.get("/ota/api/profile/status", uuid=saved["uuid"], size="2")
     data = reply.data
-    assert {k: data[k] for k in ("scoped", "pending", "deferred", "applying", "applied", "failed")} == {
-        "scoped": 4, "pending": 2, "deferred": 0, "applying": 0, "applied": 1, "failed": 1}
+    assert {
+        k: data[k] for k in ("scoped", "pending", "deferred", "applying", "applied", "failed")
+    } == {"scoped": 4, "pending": 2, "deferred": 0, "applying": 0, "applied": 1, "failed": 1}
     assert reply.body["totalSize"] == 4 and reply.body["totalPage"] == 2
     assert [r["serialNo"] for r in data["devices"]] == ["C1", "C2"]
     assert data["devices"][0]["status"] == "failed"
@@ -199,8 +261,10 @@ async def test_status_counts_scope_with_child_groups(server: Server, admin: Clie
 
 async def test_status_of_global_profile_covers_site(admin: Client, other: Client) -> None:
     """A global profile scopes every device of its site and none of another."""
-    await admin.post("/ota/api/device/save", [{"profile": {"hardware_info": {"serial_no": f"S{i}"}}}
-                                              for i in range(3)])
+    await admin.post(
+        "/ota/api/device/save",
+        [{"profile": {"hardware_info": {"serial_no": f"S{i}"}}} for i in range(3)],
+    )
     await other.post("/ota/api/device/save", [{"profile": {"hardware_info": {"serial_no": "B"}}}])
     saved = await save_profile(admin, {"isGlobal": True, "scope": {"device": []}})
     reply = await admin.get("/ota/api/profile/status", uuid=saved["uuid"])

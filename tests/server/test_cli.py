@@ -1,0 +1,162 @@
+"""§8 `midm-server` as users run it: serve, first-site secrets, `site add/list`, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.helpers import Client
+
+BIN = Path(sys.executable).parent
+
+
+def env(**values: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MIDM_")}
+    return {**base, **values}
+
+
+@asynccontextmanager
+async def running_server(db: Path, environ: dict[str, str]) -> AsyncIterator[tuple[str, list[str]]]:
+    """Start `midm-server --port 0`, yield its URL and its log lines; SIGTERM it at the end."""
+    process = await asyncio.create_subprocess_exec(
+        str(BIN / "midm-server"),
+        "--db",
+        str(db),
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environ,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    url = ""
+    try:
+        async with asyncio.timeout(30):
+            while not url:
+                line = (await process.stderr.readline()).decode()
+                assert line, f"server exited early: {lines}"
+                lines.append(line)
+                event = json.loads(line)
+                if event["event"] == "server.listening":
+                    url = event["url"]
+        yield url, lines
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            rest = (await process.stderr.read()).decode()
+            code = await process.wait()
+        lines.extend(rest.splitlines())
+        assert code == 0, lines
+        assert any('"server.stopped"' in line for line in lines)
+
+
+async def test_serves_with_environment_credentials(tmp_path: Path) -> None:
+    """MIDM_* seed the first site; the server answers with them; SIGTERM stops it cleanly."""
+    environ = env(
+        MIDM_SITE="lab",
+        MIDM_API_KEY="k-lab",
+        MIDM_ADMIN_EMAIL="qa@lab.test",
+        MIDM_ADMIN_PASSWORD="s3cret-pw",
+    )
+    async with (
+        running_server(tmp_path / "db.sqlite", environ) as (url, lines),
+        aiohttp.ClientSession() as http,
+    ):
+        client = Client(http, url, "k-lab")
+        await client.login("qa@lab.test", "s3cret-pw")
+        verify = await client.get("/portal/V1/auth/token-verify", siteId="lab")
+        assert verify.status == 200
+    assert not any("s3cret-pw" in line for line in lines)
+    assert not (tmp_path / "db.sqlite.credentials.json").exists()
+
+
+async def test_new_database_writes_generated_secrets_once(tmp_path: Path) -> None:
+    """Without MIDM_* the generated key and password go to a 0600 file, not to the log."""
+    db = tmp_path / "db.sqlite"
+    async with running_server(db, env()) as (url, lines):
+        credentials = tmp_path / "db.sqlite.credentials.json"
+        assert credentials.stat().st_mode & 0o777 == 0o600
+        secrets = json.loads(credentials.read_text())
+        assert not any(secrets["adminPassword"] in line for line in lines)
+        assert any(str(credentials) in line for line in lines)
+        async with aiohttp.ClientSession() as http:
+            client = Client(http, url, secrets["apiKey"])
+            await client.login(secrets["adminEmail"], secrets["adminPassword"])
+    async with running_server(db, env()) as (_, lines):
+        assert not any('"server.first_site"' in line for line in lines)
+
+
+def run_cli(*args: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "midm-server"), *args],
+        capture_output=True,
+        text=True,
+        env=environ or env(),
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_site_add_and_list(tmp_path: Path) -> None:
+    """`site add --json` prints the new site's secrets once; `site list` shows no secrets."""
+    db = tmp_path / "db.sqlite"
+    added = run_cli(
+        "site", "add", "field", "--db", str(db), "--admin-email", "ops@field.test", "--json"
+    )
+    assert added.returncode == 0, added.stderr
+    created: dict[str, Any] = json.loads(added.stdout)
+    assert created["site"] == "field" and created["adminEmail"] == "ops@field.test"
+    assert created["apiKey"] and created["adminPassword"] and created["siteUuid"]
+    listed = run_cli("site", "list", "--db", str(db), "--json")
+    sites = json.loads(listed.stdout)
+    assert [s["name"] for s in sites] == ["field"]
+    assert created["apiKey"] not in listed.stdout and created["adminPassword"] not in listed.stdout
+    again = run_cli("site", "add", "field", "--db", str(db))
+    assert again.returncode != 0 and "exists already" in again.stderr
+    assert "Traceback" not in again.stderr
+    async with running_server(db, env()) as (url, _), aiohttp.ClientSession() as http:
+        client = Client(http, url, created["apiKey"])
+        await client.login("ops@field.test", created["adminPassword"])
+
+
+async def test_bad_settings_fail_with_one_line(tmp_path: Path) -> None:
+    """A folder as --db, a corrupt database, a bad port, a taken port: one clear line, exit 2."""
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = [
+            (["--db", str(tmp_path)], "is a folder"),
+            (["--db", str(corrupt)], "not a usable SQLite database"),
+            (["--db", str(tmp_path / "x.sqlite"), "--port", "70000"], "not a port number"),
+            (["--db", str(tmp_path / "y.sqlite"), "--port", port], "cannot listen"),
+        ]
+        for args, needle in cases:
+            result = run_cli(*args)
+            assert result.returncode == 2, (args, result.stderr)
+            assert needle in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr
+
+
+def test_other_console_scripts_exist() -> None:
+    """midm-agent and midm-sim are installed and print their help."""
+    for name in ("midm-agent", "midm-sim"):
+        result = subprocess.run(
+            [str(BIN / name), "--help"], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0 and "usage" in result.stdout
