@@ -122,3 +122,43 @@ async def test_naming_the_other_site_is_forbidden(
     alpha = server.sites["alpha"]
     assert (await other.get(path, siteUuid=alpha.uuid)).code == 40300
     assert (await other.get(path, siteId=alpha.name)).code == 40300
+
+
+ADMIN_ENDPOINTS = [
+    ("GET", "/portal/V1/auth/token-verify"),
+    ("GET", "/portal/V1/logout"),
+    ("POST", "/ota/api/device/group/save"),
+    ("GET", "/ota/api/device/group/all"),
+    ("GET", "/ota/api/device/group/findBy"),
+    ("GET", "/ota/api/device/exists"),
+    ("POST", "/ota/api/device/save"),
+    ("GET", "/ota/api/device/findBy"),
+    ("GET", "/ota/api/device/find"),
+    ("GET", "/ota/api/device/app/installed"),
+    ("GET", "/ota/api/device/app/status"),
+    ("GET", "/ota/api/logs/find"),
+    ("POST", "/ota/api/app/upload"),
+    ("GET", "/ota/api/app/all"),
+    ("GET", "/ota/api/app/find"),
+    ("POST", "/ota/api/ota/upload"),
+    ("GET", "/ota/api/ota/all"),
+    ("GET", "/ota/api/ota/find"),
+    ("GET", "/ota/api/file/x"),
+    ("POST", "/ota/api/profile/save"),
+    ("GET", "/ota/api/profile/all"),
+    ("GET", "/ota/api/profile/find"),
+    ("GET", "/ota/api/profile/findBy"),
+    ("POST", "/ota/api/profile/edit"),
+    ("GET", "/ota/api/profile/status"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ENDPOINTS)
+async def test_every_endpoint_needs_credentials(
+    server: Server, admin: Client, method: str, path: str
+) -> None:
+    """Without a key, with an unknown key, or without a token, every endpoint is 40100."""
+    for key, token in ((None, admin.token), ("not-a-key", admin.token), (admin.key, None)):
+        client = Client(admin.http, server.base, key, token)
+        reply = await client.call(method, path, json_body={})
+        assert (reply.status, reply.code) == (401, 40100), (key, token, reply.body)
