@@ -88,11 +88,11 @@ def error_body(error: ApiError) -> tuple[dict[str, Any], str]:
 # Rows -> protocol objects. Each takes what the store returned and nothing else.
 
 
-def render_group(row: Any, device_numbers: int) -> dict[str, Any]:
+def render_group(row: Any) -> dict[str, Any]:
     return {
         "siteUuid": row["site_uuid"],
         "parentUuid": row["parent_uuid"],
-        "deviceNumbers": device_numbers,
+        "deviceNumbers": row["device_count"],
         "uuid": row["uuid"],
         "profile": {"name": row["name"]},
         "created": iso(row["created"]),

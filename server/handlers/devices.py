@@ -20,17 +20,15 @@ from server.domain.devices import parse_device_batch
 from server.domain.paging import parse_page_request
 from server.domain.validation import query_bool, query_required
 from server.errors import InvalidField, NotFound
-from server.handlers.groups import render_groups
 from server.store import devices, groups, reports
-from server.wire import iso, ok, paged, render_device
+from server.wire import iso, ok, paged, render_device, render_group
 
 
 def render_devices(
     conn: sqlite3.Connection, site_uuid: str, rows: list[sqlite3.Row]
 ) -> list[dict[str, Any]]:
     group_ids = sorted({r["group_uuid"] for r in rows if r["group_uuid"]})
-    rendered = render_groups(conn, site_uuid, groups.get_groups(conn, site_uuid, group_ids))
-    by_uuid = {g["uuid"]: g for g in rendered}
+    by_uuid = {g["uuid"]: render_group(g) for g in groups.get_groups(conn, site_uuid, group_ids)}
     return [render_device(r, by_uuid.get(r["group_uuid"])) for r in rows]
 
 

@@ -19,18 +19,11 @@ from server.store.groups import GroupInput
 from server.wire import ok, render_group
 
 
-def render_groups(
-    conn: sqlite3.Connection, site_uuid: str, rows: list[sqlite3.Row]
-) -> list[dict[str, Any]]:
-    counts = groups.device_counts(conn, site_uuid, [r["uuid"] for r in rows])
-    return [render_group(r, counts.get(r["uuid"], 0)) for r in rows]
-
-
 def _load(conn: sqlite3.Connection, site_uuid: str, group_uuid: str) -> dict[str, Any]:
     rows = groups.get_groups(conn, site_uuid, [group_uuid])
     if not rows:
         raise NotFound(f"uuid: no device group {group_uuid!r} in this site")
-    return render_groups(conn, site_uuid, rows)[0]
+    return render_group(rows[0])
 
 
 @admin
@@ -58,10 +51,8 @@ async def save(request: web.Request) -> web.Response:
 async def all_groups(request: web.Request) -> web.Response:
     site_uuid = site(request).uuid
 
-    def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-        return render_groups(conn, site_uuid, groups.all_groups(conn, site_uuid))
-
-    return ok(await ctx(request).db.read(read))
+    rows = await ctx(request).db.read(groups.all_groups, site_uuid)
+    return ok([render_group(r) for r in rows])
 
 
 @admin

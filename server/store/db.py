@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.errors import ConfigError
-from server.store.schema import MIGRATIONS
+from server.store.schema import MIGRATIONS, statements
 
 T = TypeVar("T")
 READERS = 2
@@ -115,9 +115,8 @@ class Database:
             script = MIGRATIONS[version - 1]
 
             def apply(c: sqlite3.Connection, script: str = script, version: int = version) -> None:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        c.execute(statement)
+                for statement in statements(script):
+                    c.execute(statement)
                 c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
             self._in_transaction(conn, apply, ())

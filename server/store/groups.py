@@ -18,7 +18,7 @@ class GroupInput:
     parent_uuid: str | None
 
 
-GROUP_COLUMNS = "uuid, site_uuid, parent_uuid, name, enabled, created, updated"
+GROUP_COLUMNS = "uuid, site_uuid, parent_uuid, name, enabled, created, updated, device_count"
 
 
 def parent_map(conn: sqlite3.Connection, site_uuid: str) -> dict[str, str | None]:
@@ -43,7 +43,8 @@ def save_group(conn: sqlite3.Connection, site_uuid: str, group: GroupInput, now:
     if group.uuid is None:
         new_uuid = str(uuid.uuid4())
         conn.execute(
-            f"INSERT INTO device_groups ({GROUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO device_groups (uuid, site_uuid, parent_uuid, name, enabled, created, "
+            "updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (new_uuid, site_uuid, group.parent_uuid, group.name, int(group.enabled), now, now),
         )
         return new_uuid
@@ -53,18 +54,6 @@ def save_group(conn: sqlite3.Connection, site_uuid: str, group: GroupInput, now:
         (group.parent_uuid, group.name, int(group.enabled), now, group.uuid, site_uuid),
     )
     return group.uuid
-
-
-def device_counts(conn: sqlite3.Connection, site_uuid: str, uuids: list[str]) -> dict[str, int]:
-    if not uuids:
-        return {}
-    marks = ",".join("?" * len(uuids))
-    rows = conn.execute(
-        f"SELECT group_uuid, COUNT(*) FROM devices WHERE site_uuid = ? AND group_uuid IN ({marks}) "
-        "GROUP BY group_uuid",
-        (site_uuid, *uuids),
-    ).fetchall()
-    return {r[0]: int(r[1]) for r in rows}
 
 
 def get_groups(conn: sqlite3.Connection, site_uuid: str, uuids: list[str]) -> list[sqlite3.Row]:

@@ -6,6 +6,8 @@ the store filters on it, which is how site isolation is kept.
 
 from __future__ import annotations
 
+import sqlite3
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: sites, auth, groups, devices, files, apps, images, profiles, logs, inventory
     """
@@ -163,4 +165,38 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_site_device ON events(site_uuid, device_uuid, at);
     CREATE INDEX events_site_profile ON events(site_uuid, profile_uuid, at);
     """,
+    # 2: deviceNumbers kept by triggers, so reading a group never counts its devices
+    """
+    ALTER TABLE device_groups ADD COLUMN device_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE device_groups SET device_count =
+        (SELECT COUNT(*) FROM devices d WHERE d.group_uuid = device_groups.uuid);
+    CREATE TRIGGER devices_count_insert AFTER INSERT ON devices WHEN NEW.group_uuid IS NOT NULL
+    BEGIN
+        UPDATE device_groups SET device_count = device_count + 1 WHERE uuid = NEW.group_uuid;
+    END;
+    CREATE TRIGGER devices_count_delete AFTER DELETE ON devices WHEN OLD.group_uuid IS NOT NULL
+    BEGIN
+        UPDATE device_groups SET device_count = device_count - 1 WHERE uuid = OLD.group_uuid;
+    END;
+    CREATE TRIGGER devices_count_move AFTER UPDATE OF group_uuid ON devices
+    WHEN OLD.group_uuid IS NOT NEW.group_uuid
+    BEGIN
+        UPDATE device_groups SET device_count = device_count - 1 WHERE uuid = OLD.group_uuid;
+        UPDATE device_groups SET device_count = device_count + 1 WHERE uuid = NEW.group_uuid;
+    END;
+    """,
 )
+
+
+def statements(script: str) -> list[str]:
+    """Split a migration into complete SQL statements (trigger bodies hold semicolons)."""
+    found: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        found.append(pending.strip())
+    return found
