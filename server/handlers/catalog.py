@@ -98,42 +98,39 @@ def _insert_app(conn: sqlite3.Connection, blobs: BlobStore, new: NewObject) -> s
             f"file: {package} versionCode {version} exists already with other content "
             f"(fileUuid {clash['file_uuid']}); raise versionCode"
         )
-    blobs.commit(new.upload.file)
-    stored = _stored_file(new.upload.file, APK_TYPE)
-    catalog.insert_file(conn, new.site_uuid, stored, new.now)
-    catalog.insert_app(
-        conn,
-        new.site_uuid,
-        file_uuid=stored.uuid,
-        app_info=new.info,
-        name=new.name,
-        enable=new.enable,
-        user_uuid=new.user_uuid,
-        now=new.now,
-    )
-    row = catalog.app_by_uuid(conn, new.site_uuid, stored.uuid)
-    assert row is not None
-    return row
+    return _store_new(conn, blobs, new, APK_TYPE, catalog.insert_app, catalog.app_by_uuid)
 
 
 def _insert_ota(conn: sqlite3.Connection, blobs: BlobStore, new: NewObject) -> sqlite3.Row:
     same = catalog.ota_by_sha(conn, new.site_uuid, new.upload.file.sha256)
     if same is not None:
         return same
+    return _store_new(conn, blobs, new, "application/zip", catalog.insert_ota, catalog.ota_by_uuid)
+
+
+def _store_new(
+    conn: sqlite3.Connection,
+    blobs: BlobStore,
+    new: NewObject,
+    content_type: str,
+    insert: Callable[..., None],
+    load: Callable[[sqlite3.Connection, str, str], sqlite3.Row | None],
+) -> sqlite3.Row:
+    """Blob into place, then the file row and the app/image row, then read it back."""
     blobs.commit(new.upload.file)
-    stored = _stored_file(new.upload.file, "application/zip")
+    stored = _stored_file(new.upload.file, content_type)
     catalog.insert_file(conn, new.site_uuid, stored, new.now)
-    catalog.insert_ota(
+    insert(
         conn,
         new.site_uuid,
         file_uuid=stored.uuid,
-        ota_info=new.info,
+        info=new.info,
         name=new.name,
         enable=new.enable,
         user_uuid=new.user_uuid,
         now=new.now,
     )
-    row = catalog.ota_by_uuid(conn, new.site_uuid, stored.uuid)
+    row = load(conn, new.site_uuid, stored.uuid)
     assert row is not None
     return row
 
