@@ -7,6 +7,7 @@ Every response is the envelope of §1: ApiError -> its code; aiohttp's 404/405/4
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import structlog
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from server.auth import Authenticator
 from server.blobs import BlobStore
+from server.checkins import Checkins
 from server.clock import Clock, SystemClock
 from server.config import ServerConfig
 from server.context import CALLER, CTX, Caller, Context, Handler, ctx
@@ -26,8 +28,11 @@ from server.errors import (
     TooLarge,
     Unauthorized,
 )
-from server.handlers import auth, catalog, devices, files, groups, logs, profiles
+from server.handlers import agent, auth, catalog, devices, files, groups, logs, profiles
+from server.hub import Hub
+from server.scopes import ScopeCache
 from server.store.db import Database
+from server.wakes import WakeScheduler
 from server.wire import dumps, error_body, error_response
 
 log = structlog.get_logger("server")
@@ -78,6 +83,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     c = ctx(request)
     site = await c.auth.site_for_key(request.headers.get("X-API-Key"))
+    if kind == "key":
+        request[CALLER] = Caller(site)
+        return await handler(request)
     scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
     credential = credential.strip()
     scheme = scheme.lower()
@@ -133,6 +141,13 @@ def add_routes(app: web.Application) -> None:
             web.get(f"{api}/profile/findBy", profiles.find_by),
             web.post(f"{api}/profile/edit", profiles.edit),
             web.get(f"{api}/profile/status", profiles.status),
+            web.post(f"{api}/agent/register", agent.register),
+            web.post(f"{api}/agent/checkin", agent.checkin),
+            web.put(f"{api}/agent/apps", agent.put_apps),
+            web.get(f"{api}/agent/profiles", agent.get_profiles),
+            web.get(f"{api}/agent/ota/next", agent.ota_next),
+            web.post(f"{api}/agent/events", agent.post_events),
+            web.get(f"{api}/agent/ws", agent.websocket),
         ]
     )
 
@@ -142,7 +157,18 @@ def create_app(config: ServerConfig, *, clock: Clock | None = None) -> web.Appli
     clock = clock or SystemClock()
     db = Database(config.db_path)
     blobs = BlobStore(config.files_dir)
-    context = Context(config=config, db=db, blobs=blobs, auth=Authenticator(db, clock), clock=clock)
+    hub = Hub()
+    context = Context(
+        config=config,
+        db=db,
+        blobs=blobs,
+        auth=Authenticator(db, clock),
+        clock=clock,
+        hub=hub,
+        scopes=ScopeCache(db),
+        checkins=Checkins(db, clock, config.checkin_flush_s),
+        wakes=WakeScheduler(db, hub, clock),
+    )
     app = web.Application(
         middlewares=[error_middleware, auth_middleware], client_max_size=config.max_json_bytes
     )
@@ -152,10 +178,24 @@ def create_app(config: ServerConfig, *, clock: Clock | None = None) -> web.Appli
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         db.migrate()
         blobs.prepare()
+        await context.wakes.load()
+        background = [
+            asyncio.create_task(context.checkins.run(), name="checkin-flush"),
+            asyncio.create_task(context.wakes.run(), name="wake-scheduler"),
+        ]
         yield
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await context.checkins.flush()
         if context.parser_pool is not None:
             context.parser_pool.shutdown(wait=True, cancel_futures=True)
         db.close()
+
+    async def close_sockets(app: web.Application) -> None:
+        await hub.close_all()
+
+    app.on_shutdown.append(close_sockets)
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -66,6 +66,8 @@ class Authenticator:
         self.clock = clock
         self._sites: dict[str, Site] = {}
         self._sessions: dict[str, Session] = {}
+        self._devices: dict[str, tuple[str, str]] = {}  # token hash -> (device, site)
+        self._device_tokens: dict[str, str] = {}  # device -> token hash
 
     async def site_for_key(self, key: str | None) -> Site:
         if not key:
@@ -96,10 +98,23 @@ class Authenticator:
 
     async def device_for_token(self, token: str, site_uuid: str) -> str:
         """The uuid of the device holding `token` in the site; 40100 when revoked or unknown."""
-        found = await self.db.read(devices.device_by_token, hash_secret(token))
+        token_hash = hash_secret(token)
+        found = self._devices.get(token_hash)
+        if found is None:
+            found = await self.db.read(devices.device_by_token, token_hash)
+            if found is not None:
+                self._devices[token_hash] = found
+                self._device_tokens[found[0]] = token_hash
         if found is None or found[1] != site_uuid:
             raise Unauthorized("device token is unknown or revoked; register again")
         return found[0]
+
+    def forget_devices(self, device_uuids: list[str]) -> None:
+        """Drop cached device tokens (revoked by a re-save or a new registration)."""
+        for device_uuid in device_uuids:
+            token_hash = self._device_tokens.pop(device_uuid, None)
+            if token_hash is not None:
+                self._devices.pop(token_hash, None)
 
     def forget(self, token: str) -> None:
         self._sessions.pop(hash_secret(token), None)

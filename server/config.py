@@ -19,6 +19,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024 * 1024
 DEFAULT_TOKEN_TTL_S = 24 * 3600
+DEFAULT_CHECKIN_INTERVAL_S = 60
 
 
 def default_db_path() -> Path:
@@ -54,6 +55,8 @@ class ServerConfig:
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    checkin_interval_s: int = DEFAULT_CHECKIN_INTERVAL_S
+    checkin_flush_s: float = 2.0
     seed: SeedSite = SeedSite()
 
     @classmethod

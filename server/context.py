@@ -15,13 +15,17 @@ from aiohttp import web
 
 from server.auth import Authenticator, Session, Site
 from server.blobs import BlobStore
+from server.checkins import Checkins
 from server.clock import Clock
 from server.config import ServerConfig
 from server.domain.validation import parse_json
 from server.errors import TooLarge
+from server.hub import Hub
+from server.scopes import ScopeCache
 from server.store.db import Database
+from server.wakes import WakeScheduler
 
-AuthKind = Literal["public", "admin", "device", "file"]
+AuthKind = Literal["public", "key", "admin", "device", "file"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -32,6 +36,10 @@ class Context:
     blobs: BlobStore
     auth: Authenticator
     clock: Clock
+    hub: Hub
+    scopes: ScopeCache
+    checkins: Checkins
+    wakes: WakeScheduler
     parser_pool: Executor | None = None
 
 
@@ -60,6 +68,7 @@ def auth_kind(kind: AuthKind) -> Callable[[Handler], Handler]:
 
 
 public = auth_kind("public")
+site_key = auth_kind("key")
 admin = auth_kind("admin")
 device = auth_kind("device")
 file_access = auth_kind("file")

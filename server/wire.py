@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from server import BUILD
+from server.domain.presence import presence
 from server.errors import ApiError
 
 JSON_TYPE = "application/json"
@@ -101,13 +102,21 @@ def render_group(row: Any) -> dict[str, Any]:
     }
 
 
-def render_device(row: Any, group: dict[str, Any] | None) -> dict[str, Any]:
+def render_device(row: Any, group: dict[str, Any] | None, now: int) -> dict[str, Any]:
+    """A device; `states.state` is its presence at `now` (server.domain.presence)."""
+    state = presence(
+        last_checkin=row["last_checked_in"],
+        interval_s=row["interval_s"],
+        sleeping=bool(row["sleeping"]),
+        wake_sent=row["wake_sent"],
+        now=now,
+    )
     return {
         "siteUuid": row["site_uuid"],
         "states": {
             "clientVersion": row["client_version"],
             "rtcEnabled": bool(row["rtc_enabled"]),
-            "state": row["state"],
+            "state": str(state),
         },
         "enrolled": iso(row["enrolled"]),
         "lastCheckedIn": iso(row["last_checked_in"]),

@@ -75,6 +75,14 @@ def normalize_time(value: Any, path: str) -> str | None:
     raise InvalidField(f"{path}: must be an ISO-8601 time or epoch milliseconds")
 
 
+def time_ms(value: Any, path: str) -> int | None:
+    """Like normalize_time, as epoch milliseconds."""
+    text = normalize_time(value, path)
+    if text is None:
+        return None
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
 def _choice(fields: Fields, key: str, choices: tuple[str, ...]) -> str:
     value = fields.string(key, default=choices[0])
     if value not in choices:
@@ -236,8 +244,7 @@ def parse_updated(value: Any) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, str):
-        normalized = normalize_time(value, "updated")
-        if normalized is not None:
-            moment = datetime.fromisoformat(normalized.replace("Z", "+00:00"))
-            return int(moment.timestamp() * 1000)
+        parsed = time_ms(value, "updated")
+        if parsed is not None:
+            return parsed
     raise InvalidField("updated: must be epoch milliseconds as loaded")

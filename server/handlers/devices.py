@@ -25,11 +25,11 @@ from server.wire import iso, ok, paged, render_device, render_group
 
 
 def render_devices(
-    conn: sqlite3.Connection, site_uuid: str, rows: list[sqlite3.Row]
+    conn: sqlite3.Connection, site_uuid: str, rows: list[sqlite3.Row], now: int
 ) -> list[dict[str, Any]]:
     group_ids = sorted({r["group_uuid"] for r in rows if r["group_uuid"]})
     by_uuid = {g["uuid"]: render_group(g) for g in groups.get_groups(conn, site_uuid, group_ids)}
-    return [render_device(r, by_uuid.get(r["group_uuid"])) for r in rows]
+    return [render_device(r, by_uuid.get(r["group_uuid"]), now) for r in rows]
 
 
 def lookup(conn: sqlite3.Connection, site_uuid: str, query: dict[str, str]) -> sqlite3.Row:
@@ -60,9 +60,13 @@ async def save(request: web.Request) -> web.Response:
     created, reset = await c.db.write(
         devices.save_devices, site(request).uuid, batch, c.clock.now_ms(), license_model, auto_renew
     )
+    # A reset revokes the device's token: forget what is cached and close its push channel.
+    c.auth.forget_devices(reset)
+    c.checkins.forget(reset)
+    await c.hub.close(reset, "device was saved again by an admin; register again")
     return ok(
         has_data=False,
-        message=f"saved {created + reset} devices: {created} new, {reset} existing reset",
+        message=f"saved {created + len(reset)} devices: {created} new, {len(reset)} existing reset",
     )
 
 
@@ -70,9 +74,10 @@ async def save(request: web.Request) -> web.Response:
 async def find_by(request: web.Request) -> web.Response:
     site_uuid = site(request).uuid
     query = dict(request.query)
+    now = ctx(request).clock.now_ms()
 
     def read(conn: sqlite3.Connection) -> dict[str, Any]:
-        return render_devices(conn, site_uuid, [lookup(conn, site_uuid, query)])[0]
+        return render_devices(conn, site_uuid, [lookup(conn, site_uuid, query)], now)[0]
 
     return ok(await ctx(request).db.read(read))
 
@@ -84,9 +89,11 @@ async def find(request: web.Request) -> web.Response:
         request.query, sortable=frozenset(devices.SORTABLE), filterable=devices.FILTERABLE
     )
 
+    now = ctx(request).clock.now_ms()
+
     def read(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], int]:
-        rows, total = devices.find_page(conn, site_uuid, page)
-        return render_devices(conn, site_uuid, rows), total
+        rows, total = devices.find_page(conn, site_uuid, page, now)
+        return render_devices(conn, site_uuid, rows, now), total
 
     items, total = await ctx(request).db.read(read)
     return paged(items, total=total, size=page.size)

@@ -11,7 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
+from server import push
 from server.context import admin, ctx, json_body, site
+from server.domain.groups import with_descendants
 from server.domain.validation import Fields, expect_object, query_required
 from server.errors import NotFound
 from server.store import groups
@@ -40,11 +42,20 @@ async def save(request: web.Request) -> web.Response:
     )
     site_uuid = site(request).uuid
 
-    def write(conn: sqlite3.Connection) -> dict[str, Any]:
-        saved = groups.save_group(conn, site_uuid, group, c.clock.now_ms())
-        return _load(conn, site_uuid, saved)
+    before = await c.scopes.get(site_uuid)
 
-    return ok(await c.db.write(write))
+    def write(conn: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, str | None]]:
+        old_parent = groups.parent_map(conn, site_uuid).get(group.uuid or "")
+        saved = groups.save_group(conn, site_uuid, group, c.clock.now_ms())
+        moved = group.uuid is not None and old_parent != group.parent_uuid
+        return _load(conn, site_uuid, saved), groups.parent_map(conn, site_uuid) if moved else {}
+
+    rendered, parents = await c.db.write(write)
+    if parents:  # the group moved: devices below it may be covered by other profiles now
+        c.scopes.invalidate(site_uuid)
+        subtree = with_descendants([rendered["uuid"]], parents)
+        await push.groups_changed(c.hub, site_uuid, before, await c.scopes.get(site_uuid), subtree)
+    return ok(rendered)
 
 
 @admin

@@ -15,9 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
+from server import push
 from server.context import admin, ctx, json_body, session, site
 from server.domain.paging import parse_page_request
 from server.domain.profiles import ProfileInput, parse_profile, parse_updated
+from server.domain.scope import ScopedProfile
 from server.domain.validation import expect_object, query_required
 from server.errors import InvalidField
 from server.store import catalog, devices, profiles
@@ -37,6 +39,21 @@ def _check_references(conn: sqlite3.Connection, site_uuid: str, profile: Profile
                 f"{field}: no {what} {missing[0]!r} in this site"
                 + ("; upload it before naming it in a profile" if table != "device_groups" else "")
             )
+
+
+async def _announce(
+    request: web.Request, profile_uuid: str, profile: ProfileInput, before: ScopedProfile | None
+) -> None:
+    """After a save or edit: recompile the site's scopes, sync the devices concerned, and
+    schedule the wake of wakeToApply."""
+    c = ctx(request)
+    site_uuid = site(request).uuid
+    c.scopes.invalidate(site_uuid)
+    after = next(
+        (p for p in (await c.scopes.get(site_uuid)).profiles if p.uuid == profile_uuid), None
+    )
+    await push.profile_changed(c.hub, site_uuid, before, after)
+    c.wakes.schedule(site_uuid, profile_uuid, profile.doc)
 
 
 @admin
@@ -60,7 +77,9 @@ async def save(request: web.Request) -> web.Response:
         )
         return {"uuid": new_uuid, "name": profile.name, "updated": now}
 
-    return ok(await c.db.write(write))
+    saved = await c.db.write(write)
+    await _announce(request, saved["uuid"], profile, before=None)
+    return ok(saved)
 
 
 @admin
@@ -93,7 +112,11 @@ async def edit(request: web.Request) -> web.Response:
         )
         return render_profile(profiles.get_profile(conn, site_uuid, profile_uuid))
 
-    return ok(await c.db.write(write))
+    before = await c.scopes.get(site_uuid)
+    rendered = await c.db.write(write)
+    old = next((p for p in before.profiles if p.uuid == profile_uuid), None)
+    await _announce(request, profile_uuid, profile, before=old)
+    return ok(rendered)
 
 
 @admin

@@ -13,14 +13,16 @@ from collections.abc import Sequence
 
 from server.domain.devices import DeviceInput, HardwareInfo
 from server.domain.paging import PageRequest
+from server.domain.presence import presence_sql
 from server.errors import InvalidField
 from server.store.query import FilterSpec, fetch_page
 
-DEVICE_COLUMNS = (
+INSERT_COLUMNS = (
     "uuid, site_uuid, serial_no, manufacturer, brand, model, group_uuid, enabled, client_version, "
     "rtc_enabled, state, enrolled, last_checked_in, last_disconnected, license_model_uuid, "
     "auto_renew, created, updated"
 )
+DEVICE_COLUMNS = f"{INSERT_COLUMNS}, sleeping, interval_s, wake_sent, report, inventory_hash"
 
 SORTABLE = {
     "created": "created",
@@ -31,7 +33,7 @@ SORTABLE = {
     "profile.hardware_info.model": "model",
     "profile.hardware_info.manufacturer": "manufacturer",
     "profile.hardware_info.brand": "brand",
-    "states.state": "state",
+    "states.state": "presence",
     "enabled": "enabled",
     "lastCheckedIn": "last_checked_in",
     "enrolled": "enrolled",
@@ -43,7 +45,7 @@ FILTERS = {
     "profile.hardware_info.model": FilterSpec("model"),
     "profile.hardware_info.manufacturer": FilterSpec("manufacturer"),
     "profile.hardware_info.brand": FilterSpec("brand"),
-    "states.state": FilterSpec("state"),
+    "states.state": FilterSpec("presence"),  # replaced by the presence expression in find_page
     "deviceGroup.uuid": FilterSpec("group_uuid"),
     "enabled": FilterSpec("enabled", "bool"),
     "lastCheckedInBefore": FilterSpec("last_checked_in", "before"),
@@ -59,8 +61,8 @@ def save_devices(
     now: int,
     license_model_uuid: str | None,
     auto_renew: bool | None,
-) -> tuple[int, int]:
-    """Insert new serials, reset existing ones; return (created, reset)."""
+) -> tuple[int, list[str]]:
+    """Insert new serials, reset existing ones; return (created count, uuids of reset devices)."""
     groups = {g for g in (d.group_uuid for d in devices) if g is not None}
     if groups:
         marks = ",".join("?" * len(groups))
@@ -76,7 +78,8 @@ def save_devices(
                 raise InvalidField(
                     f"[{index}].groupUuid: no device group {device.group_uuid!r} in this site"
                 )
-    created = reset = 0
+    created = 0
+    reset_uuids: list[str] = []
     renew = None if auto_renew is None else int(auto_renew)
     for device in devices:
         hw = device.hardware
@@ -86,7 +89,7 @@ def save_devices(
         ).fetchone()
         if existing is None:
             conn.execute(
-                f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES "
+                f"INSERT INTO devices ({INSERT_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 'offline', NULL, NULL, NULL, ?, ?, ?, ?)",
                 (
                     str(uuid.uuid4()),
@@ -108,7 +111,8 @@ def save_devices(
         conn.execute(
             "UPDATE devices SET manufacturer = ?, brand = ?, model = ?, group_uuid = ?, "
             "enabled = ?, client_version = 0, rtc_enabled = 0, state = 'offline', enrolled = NULL, "
-            "last_checked_in = NULL, token_hash = NULL, "
+            "last_checked_in = NULL, token_hash = NULL, sleeping = 0, wake_sent = NULL, "
+            "report = '{}', inventory_hash = NULL, "
             "license_model_uuid = COALESCE(?, license_model_uuid), "
             "auto_renew = COALESCE(?, auto_renew), updated = ? WHERE uuid = ?",
             (
@@ -124,8 +128,9 @@ def save_devices(
             ),
         )
         conn.execute("DELETE FROM profile_progress WHERE device_uuid = ?", (existing[0],))
-        reset += 1
-    return created, reset
+        conn.execute("DELETE FROM profile_exclusions WHERE device_uuid = ?", (existing[0],))
+        reset_uuids.append(existing[0])
+    return created, reset_uuids
 
 
 def register_serials(
@@ -139,7 +144,7 @@ def register_serials(
         ).fetchone():
             continue
         conn.execute(
-            f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES "
+            f"INSERT INTO devices ({INSERT_COLUMNS}) VALUES "
             "(?, ?, ?, '', '', '', NULL, 1, 0, 0, 'offline', NULL, NULL, NULL, NULL, NULL, ?, ?)",
             (str(uuid.uuid4()), site_uuid, serial, now, now),
         )
@@ -168,16 +173,18 @@ def find_one(
 
 
 def find_page(
-    conn: sqlite3.Connection, site_uuid: str, request: PageRequest
+    conn: sqlite3.Connection, site_uuid: str, request: PageRequest, now: int
 ) -> tuple[list[sqlite3.Row], int]:
+    """One page of devices; `states.state` filters and sorts on presence as of `now`."""
+    state = presence_sql(now)
     return fetch_page(
         conn,
         table="devices",
         columns=DEVICE_COLUMNS,
         site_uuid=site_uuid,
         request=request,
-        filters=FILTERS,
-        sortable=SORTABLE,
+        filters={**FILTERS, "states.state": FilterSpec(state)},
+        sortable={**SORTABLE, "states.state": state},
         default_sort="created",
     )
 

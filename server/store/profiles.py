@@ -144,6 +144,19 @@ def _scope_clause(
     return f"d.site_uuid = ? AND ({' OR '.join(parts)})", params
 
 
+def scoped_devices(
+    conn: sqlite3.Connection, site_uuid: str, profile_uuid: str, doc: dict[str, Any]
+) -> list[sqlite3.Row]:
+    """The devices a profile covers now (scope minus unscopeIfApplied exclusions)."""
+    where, params = _scope_clause(conn, site_uuid, doc)
+    return conn.execute(
+        "SELECT d.uuid, d.serial_no, d.group_uuid, d.last_checked_in, d.interval_s, d.sleeping, "
+        f"d.wake_sent FROM devices d WHERE {where} AND d.uuid NOT IN "
+        "(SELECT device_uuid FROM profile_exclusions WHERE profile_uuid = ?)",
+        (*params, profile_uuid),
+    ).fetchall()
+
+
 def status(
     conn: sqlite3.Connection, site_uuid: str, profile_uuid: str, page: int, size: int
 ) -> tuple[dict[str, int], list[sqlite3.Row], int]:

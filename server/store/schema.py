@@ -185,6 +185,19 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE device_groups SET device_count = device_count + 1 WHERE uuid = NEW.group_uuid;
     END;
     """,
+    # 3: the device API (§7): what check-ins report, push state, inventory hash, exclusions
+    """
+    ALTER TABLE devices ADD COLUMN sleeping INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN interval_s INTEGER NOT NULL DEFAULT 60;
+    ALTER TABLE devices ADD COLUMN wake_sent INTEGER;
+    ALTER TABLE devices ADD COLUMN report TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE devices ADD COLUMN inventory_hash TEXT;
+    CREATE TABLE profile_exclusions (
+        profile_uuid TEXT NOT NULL REFERENCES profiles(uuid) ON DELETE CASCADE,
+        device_uuid TEXT NOT NULL REFERENCES devices(uuid),
+        PRIMARY KEY (profile_uuid, device_uuid)
+    );
+    """,
 )
 
 

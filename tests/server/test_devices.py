@@ -202,6 +202,7 @@ async def test_find_filters(server: Server, admin: Client) -> None:
     assert await serials({"deviceGroup.uuid": g2}) == ["B"]
     assert await serials({"serialNo": ["C", "D", "zzz"]}) == ["C", "D"]
     assert await serials({"states.state": "online"}) == ["A"]
+    assert await serials({"states.state": ["offline", "standby"]}) == ["B", "C", "D"]
     assert await serials({"enabled": False}) == ["D"]
     assert await serials({"profile.hardware_info.model": "X"}) == ["A", "C"]
     assert await serials({"lastCheckedInAfter": NOW_MS - 60_000}) == ["A"]

@@ -24,7 +24,7 @@ async def alpha_objects(server: Server, admin: Client) -> dict[str, Any]:
         [{"profile": {"hardware_info": {"serial_no": "A1"}}, "groupUuid": group}],
     )
     device = (await admin.get("/ota/api/device/findBy", serialNo="A1")).data["uuid"]
-    server.sql("UPDATE devices SET state = 'online' WHERE uuid = ?", device)
+    server.sql("UPDATE devices SET last_checked_in = ? WHERE uuid = ?", NOW_MS, device)
     app = (await admin.upload_apk("basic-v1.apk")).data["fileUuid"]
     ota = (await admin.upload("/ota/api/ota/upload", ota_zip(FULL_META), "o.zip")).data["fileUuid"]
     profile = (await admin.post("/ota/api/profile/save", {"scope": {"group": [group]}})).data[

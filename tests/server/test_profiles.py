@@ -109,7 +109,7 @@ async def test_full_profile_round_trips(admin: Client) -> None:
 async def test_scope_serials_are_registered_without_reset(server: Server, admin: Client) -> None:
     """A serial in scope.device that is no device yet is saved at once; others untouched."""
     await admin.post("/ota/api/device/save", [{"profile": {"hardware_info": {"serial_no": "OLD"}}}])
-    server.sql("UPDATE devices SET state = 'online' WHERE serial_no = 'OLD'")
+    server.sql("UPDATE devices SET last_checked_in = ? WHERE serial_no = 'OLD'", NOW_MS)
     await save_profile(admin, {"scope": {"device": ["OLD", "NEW"]}})
     assert (await admin.get("/ota/api/device/exists", serialNo="NEW")).data is True
     old = (await admin.get("/ota/api/device/findBy", serialNo="OLD")).data

@@ -1,0 +1,303 @@
+"""The device API's storage (§7): tokens, check-in batches, inventories, events and progress."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.domain.device_reports import EventInput, progress_status
+from server.store.devices import DEVICE_COLUMNS
+from server.store.groups import parent_map
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckinWrite:
+    """One device's row after a check-in; written in batches."""
+
+    device_uuid: str
+    at: int
+    client_version: int
+    sleeping: bool
+    interval_s: int
+    report: str  # JSON
+
+
+def set_token(
+    conn: sqlite3.Connection,
+    site_uuid: str,
+    serial: str,
+    token_hash: str,
+    hardware: dict[str, str],
+    now: int,
+) -> sqlite3.Row | None:
+    """Give the device a new token (revoking the old one); None when no such device."""
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE site_uuid = ? AND serial_no = ?",
+        (site_uuid, serial),
+    ).fetchone()
+    if row is None:
+        return None
+    conn.execute(
+        "UPDATE devices SET token_hash = ?, manufacturer = COALESCE(NULLIF(?, ''), manufacturer), "
+        "brand = COALESCE(NULLIF(?, ''), brand), model = COALESCE(NULLIF(?, ''), model), "
+        "updated = ? WHERE uuid = ?",
+        (
+            token_hash,
+            hardware.get("manufacturer", ""),
+            hardware.get("brand", ""),
+            hardware.get("model", ""),
+            now,
+            row["uuid"],
+        ),
+    )
+    return row
+
+
+def device_row(conn: sqlite3.Connection, device_uuid: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE uuid = ?", (device_uuid,)
+    ).fetchone()
+    return row
+
+
+def write_checkins(conn: sqlite3.Connection, writes: Sequence[CheckinWrite]) -> None:
+    conn.executemany(
+        "UPDATE devices SET last_checked_in = ?, enrolled = COALESCE(enrolled, ?), "
+        "client_version = ?, sleeping = ?, interval_s = ?, report = ?, "
+        "state = CASE WHEN ? THEN 'standby' ELSE 'online' END WHERE uuid = ?",
+        [
+            (
+                w.at,
+                w.at,
+                w.client_version,
+                int(w.sleeping),
+                w.interval_s,
+                w.report,
+                int(w.sleeping),
+                w.device_uuid,
+            )
+            for w in writes
+        ],
+    )
+
+
+def set_rtc(conn: sqlite3.Connection, device_uuid: str, connected: bool, now: int) -> None:
+    if connected:
+        conn.execute("UPDATE devices SET rtc_enabled = 1 WHERE uuid = ?", (device_uuid,))
+    else:
+        conn.execute(
+            "UPDATE devices SET rtc_enabled = 0, last_disconnected = ? WHERE uuid = ?",
+            (now, device_uuid),
+        )
+
+
+def mark_woken(conn: sqlite3.Connection, device_uuids: Sequence[str], now: int) -> None:
+    conn.executemany(
+        "UPDATE devices SET wake_sent = ? WHERE uuid = ?", [(now, u) for u in device_uuids]
+    )
+
+
+def save_inventory(
+    conn: sqlite3.Connection,
+    device_uuid: str,
+    category: str,
+    apps: list[dict[str, Any]],
+    inventory_hash: str | None,
+    now: int,
+) -> None:
+    conn.execute(
+        "INSERT INTO app_inventory (device_uuid, category, apps, reported) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(device_uuid) DO UPDATE SET category = excluded.category, "
+        "apps = excluded.apps, reported = excluded.reported",
+        (device_uuid, category, json.dumps(apps), now),
+    )
+    conn.execute(
+        "UPDATE devices SET inventory_hash = ? WHERE uuid = ?", (inventory_hash, device_uuid)
+    )
+
+
+def scope_inputs(
+    conn: sqlite3.Connection, site_uuid: str
+) -> tuple[list[tuple[str, int, dict[str, Any]]], dict[str, str | None], dict[str, frozenset[str]]]:
+    """What compile_site needs: enabled profiles, the group tree, the exclusions."""
+    profiles = [
+        (r[0], r[1], json.loads(r[2]))
+        for r in conn.execute(
+            "SELECT uuid, updated, doc FROM profiles WHERE site_uuid = ? AND enabled = 1 "
+            "ORDER BY created, rowid",
+            (site_uuid,),
+        )
+    ]
+    exclusions: dict[str, set[str]] = {}
+    for profile_uuid, device_uuid in conn.execute(
+        "SELECT e.profile_uuid, e.device_uuid FROM profile_exclusions e "
+        "JOIN profiles p ON p.uuid = e.profile_uuid WHERE p.site_uuid = ?",
+        (site_uuid,),
+    ):
+        exclusions.setdefault(profile_uuid, set()).add(device_uuid)
+    return profiles, parent_map(conn, site_uuid), {k: frozenset(v) for k, v in exclusions.items()}
+
+
+def progress_of(conn: sqlite3.Connection, device_uuid: str) -> dict[str, sqlite3.Row]:
+    return {
+        r["profile_uuid"]: r
+        for r in conn.execute(
+            "SELECT profile_uuid, status, reason, updated FROM profile_progress "
+            "WHERE device_uuid = ?",
+            (device_uuid,),
+        )
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    stored: int
+    applied_profiles: tuple[str, ...]  # profiles this batch moved to `applied`
+    scope_changed: bool = False
+
+
+def known_events(conn: sqlite3.Connection, device_uuid: str, ids: Sequence[str]) -> set[str]:
+    marks = ",".join("?" * len(ids))
+    return {
+        r[0]
+        for r in conn.execute(
+            f"SELECT id FROM events WHERE device_uuid = ? AND id IN ({marks})", (device_uuid, *ids)
+        )
+    }
+
+
+def has_covered(conn: sqlite3.Connection, profile_uuid: str, device_uuid: str) -> bool:
+    """The profile covered the device once: it has progress there, or excluded it."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM profile_progress WHERE profile_uuid = ? AND device_uuid = ? UNION ALL "
+            "SELECT 1 FROM profile_exclusions WHERE profile_uuid = ? AND device_uuid = ?",
+            (profile_uuid, device_uuid, profile_uuid, device_uuid),
+        ).fetchone()
+        is not None
+    )
+
+
+def store_events(
+    conn: sqlite3.Connection,
+    site_uuid: str,
+    device_uuid: str,
+    events: Iterable[EventInput],
+    now: int,
+) -> EventOutcome:
+    """Insert new events (ids already stored are skipped), then progress and AppStatus."""
+    stored = 0
+    applied: list[str] = []
+    for event in events:
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO events (id, site_uuid, device_uuid, profile_uuid, at, received, "
+            "kind, target, status, reason, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                site_uuid,
+                device_uuid,
+                event.profile_uuid,
+                event.at_ms,
+                now,
+                event.kind,
+                event.target,
+                event.status,
+                event.reason,
+                json.dumps(event.doc),
+            ),
+        )
+        if cursor.rowcount == 0:
+            continue
+        stored += 1
+        if event.profile_uuid is not None:
+            status = progress_status(event.kind, event.status)
+            conn.execute(
+                "INSERT INTO profile_progress (profile_uuid, device_uuid, status, reason, updated) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(profile_uuid, device_uuid) DO UPDATE SET "
+                "status = excluded.status, reason = excluded.reason, updated = excluded.updated "
+                "WHERE excluded.updated >= profile_progress.updated",
+                (event.profile_uuid, device_uuid, status, event.reason, event.at_ms),
+            )
+            if status == "applied":
+                applied.append(event.profile_uuid)
+        if event.kind == "app" and event.target:
+            _app_status(conn, device_uuid, event, now)
+    return EventOutcome(stored, tuple(dict.fromkeys(applied)))
+
+
+def _app_status(conn: sqlite3.Connection, device_uuid: str, event: EventInput, now: int) -> None:
+    version = event.doc.get("versionCode")
+    if event.status == "installed":
+        conn.execute(
+            "INSERT INTO app_status (device_uuid, package_name, version_code, installed, updated) "
+            "VALUES (?, ?, ?, 1, ?) ON CONFLICT(device_uuid, package_name) DO UPDATE SET "
+            "version_code = excluded.version_code, installed = 1, updated = excluded.updated "
+            "WHERE excluded.updated >= app_status.updated",
+            (device_uuid, event.target, version, event.at_ms),
+        )
+        _inventory_upsert(conn, device_uuid, event.target, version, event.at_ms)
+    elif event.status == "failed":
+        conn.execute(
+            "INSERT OR IGNORE INTO app_status (device_uuid, package_name, version_code, installed, "
+            "updated) VALUES (?, ?, NULL, 0, ?)",
+            (device_uuid, event.target, event.at_ms),
+        )
+
+
+def _inventory_upsert(
+    conn: sqlite3.Connection, device_uuid: str, package: str, version: int | None, at: int
+) -> None:
+    """An installed app shows in the inventory at once; `reported` is the event's time."""
+    row = conn.execute(
+        "SELECT apps FROM app_inventory WHERE device_uuid = ?", (device_uuid,)
+    ).fetchone()
+    apps: list[dict[str, Any]] = json.loads(row[0]) if row else []
+    for app in apps:
+        if app.get("packageName") == package:
+            app["versionCode"] = version
+            break
+    else:
+        apps.append({"packageName": package, "versionCode": version})
+    conn.execute(
+        "INSERT INTO app_inventory (device_uuid, category, apps, reported) VALUES (?, 'all', ?, ?) "
+        "ON CONFLICT(device_uuid) DO UPDATE SET apps = excluded.apps, reported = excluded.reported",
+        (device_uuid, json.dumps(apps), at),
+    )
+
+
+def unscope(
+    conn: sqlite3.Connection,
+    site_uuid: str,
+    profile_uuid: str,
+    device_uuid: str,
+    serial: str,
+    now: int,
+) -> bool:
+    """Apply unscopeIfApplied/removeIfNoScope for one device; True when the profile changed."""
+    row = conn.execute(
+        "SELECT doc, updated FROM profiles WHERE uuid = ? AND site_uuid = ?",
+        (profile_uuid, site_uuid),
+    ).fetchone()
+    if row is None:
+        return False
+    doc = json.loads(row[0])
+    section = doc.get("profile") or {}
+    if not section.get("unscopeIfApplied") or doc.get("isGlobal"):
+        return False
+    scope = doc.setdefault("scope", {"group": [], "device": []})
+    if serial in scope.get("device", []):
+        scope["device"] = [s for s in scope["device"] if s != serial]
+    conn.execute(
+        "INSERT OR IGNORE INTO profile_exclusions VALUES (?, ?)", (profile_uuid, device_uuid)
+    )
+    if section.get("removeIfNoScope") and not scope.get("device") and not scope.get("group"):
+        conn.execute("DELETE FROM profiles WHERE uuid = ?", (profile_uuid,))
+        return True
+    conn.execute(
+        "UPDATE profiles SET doc = ?, updated = ? WHERE uuid = ?",
+        (json.dumps(doc), max(now, row[1] + 1), profile_uuid),
+    )
+    return True

@@ -1,0 +1,124 @@
+"""wakeToApply (§5): at a profile's start time, wake its sleeping devices over the push channel.
+
+A heap of (due time, site, profile); one task sleeps until the next is due. At the due time the
+profile is re-read (it may have changed or gone), the devices it covers that are in `standby`
+and connected get `{"type": "wake"}`, and their `wake_sent` is stored (presence `waking_up`).
+On start-up every enabled wakeToApply profile whose start is still ahead is scheduled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import sqlite3
+from typing import Any
+
+import structlog
+
+from server.clock import Clock
+from server.domain.presence import Presence, presence
+from server.domain.profiles import time_ms
+from server.hub import Hub
+from server.store import agent as agent_store
+from server.store import profiles as profile_store
+from server.store.db import Database
+
+log = structlog.get_logger("server.wakes")
+
+
+def start_of(doc: dict[str, Any]) -> int | None:
+    """The later of `profile.startsOn` and `schedule_date.start_on`, epoch ms, or None."""
+    times = [
+        time_ms((doc.get("profile") or {}).get("startsOn"), "startsOn"),
+        time_ms((doc.get("schedule_date") or {}).get("start_on"), "start_on"),
+    ]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+class WakeScheduler:
+    def __init__(self, db: Database, hub: Hub, clock: Clock) -> None:
+        self.db = db
+        self.hub = hub
+        self.clock = clock
+        self._heap: list[tuple[int, str, str]] = []
+        self._changed = asyncio.Event()
+        self.sent = 0
+
+    def schedule(self, site_uuid: str, profile_uuid: str, doc: dict[str, Any]) -> None:
+        if not doc.get("enabled", True) or not (doc.get("profile") or {}).get("wakeToApply"):
+            return
+        due = start_of(doc) or self.clock.now_ms()
+        heapq.heappush(self._heap, (due, site_uuid, profile_uuid))
+        self._changed.set()
+
+    async def load(self) -> None:
+        now = self.clock.now_ms()
+        for site_uuid, profile_uuid, doc in await self.db.read(_wake_profiles):
+            start = start_of(doc)
+            if start is not None and start > now:
+                self.schedule(site_uuid, profile_uuid, doc)
+
+    async def run(self) -> None:
+        while True:
+            self._changed.clear()
+            if self._heap:
+                delay = (self._heap[0][0] - self.clock.now_ms()) / 1000
+                if delay <= 0:
+                    _, site_uuid, profile_uuid = heapq.heappop(self._heap)
+                    await self.wake(site_uuid, profile_uuid)
+                    continue
+            try:
+                async with asyncio.timeout(min(delay, 60.0) if self._heap else None):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+
+    async def wake(self, site_uuid: str, profile_uuid: str) -> int:
+        now = self.clock.now_ms()
+        rows = await self.db.read(_covered_devices, site_uuid, profile_uuid)
+        sleepers = [
+            r["uuid"]
+            for r in rows
+            if self.hub.connected(r["uuid"])
+            and presence(
+                last_checkin=r["last_checked_in"],
+                interval_s=r["interval_s"],
+                sleeping=bool(r["sleeping"]),
+                wake_sent=r["wake_sent"],
+                now=now,
+            )
+            == Presence.STANDBY
+        ]
+        if sleepers:
+            await self.db.write(agent_store.mark_woken, sleepers, now)
+            await self.hub.send(sleepers, {"type": "wake"})
+        self.sent += len(sleepers)
+        log.info("wakes.sent", profile=profile_uuid, devices=len(sleepers))
+        return len(sleepers)
+
+
+def _wake_profiles(conn: sqlite3.Connection) -> list[tuple[str, str, dict[str, Any]]]:
+    rows = conn.execute("SELECT site_uuid, uuid, doc FROM profiles WHERE enabled = 1").fetchall()
+    found = []
+    for site_uuid, profile_uuid, raw in rows:
+        doc = json.loads(raw)
+        if (doc.get("profile") or {}).get("wakeToApply"):
+            found.append((site_uuid, profile_uuid, doc))
+    return found
+
+
+def _covered_devices(
+    conn: sqlite3.Connection, site_uuid: str, profile_uuid: str
+) -> list[sqlite3.Row]:
+    row = conn.execute(
+        "SELECT doc, enabled FROM profiles WHERE uuid = ? AND site_uuid = ?",
+        (profile_uuid, site_uuid),
+    ).fetchone()
+    if row is None or not row["enabled"]:
+        return []
+    doc = json.loads(row["doc"])
+    if not (doc.get("profile") or {}).get("wakeToApply"):
+        return []
+    return profile_store.scoped_devices(conn, site_uuid, profile_uuid, doc)
