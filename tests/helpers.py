@@ -78,9 +78,9 @@ class Client:
     ) -> Reply:
         body: Any = data
         if raw is not None:
-            body = raw
+            body = io.BytesIO(raw)
         elif json_body is not None:
-            body = json.dumps(json_body).encode()
+            body = io.BytesIO(json.dumps(json_body).encode())
         async with self.http.request(
             method, self.base + path, data=body, params=params, headers=self.headers(headers)
         ) as response:

@@ -258,6 +258,15 @@ async def post_events(request: web.Request) -> web.Response:
     return ok(len(events))
 
 
+def _is_ping(text: str) -> bool:
+    """Devices may send {"type": "ping"} to check the channel; anything else is ignored."""
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(message, dict) and message.get("type") == "ping"
+
+
 @device
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     c = ctx(request)
@@ -270,7 +279,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await c.db.write(agent_store.set_rtc, state.uuid, True, c.clock.now_ms())
     try:
         async for message in socket:
-            if message.type == WSMsgType.TEXT and message.data.strip() == '{"type":"ping"}':
+            if message.type == WSMsgType.TEXT and _is_ping(message.data):
                 await socket.send_json({"type": "pong"})
     finally:
         if c.hub.remove(state.uuid, socket):
