@@ -6,7 +6,8 @@ with the next periodic batch (every `flush_interval_s`); one that changes anythi
 (enrolment, client version, sleeping, interval, build, power, network) waits for the batch that
 carries it (group commit: every check-in waiting at that moment shares one transaction). So a
 heartbeat never costs a row write of its own, and an acknowledged change survives a crash.
-Admin reads may show `lastCheckedIn` up to `flush_interval_s` old.
+Push-channel changes (rtcEnabled, lastDisconnected) ride on the same batches. Admin reads may
+show `lastCheckedIn` and `rtcEnabled` up to `flush_interval_s` old.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Checkins:
         self.flush_interval_s = flush_interval_s
         self._devices: dict[str, DeviceState] = {}
         self._pending: dict[str, CheckinWrite] = {}
+        self._channels: dict[str, tuple[str, bool, int]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._urgent = asyncio.Event()
         self.written = 0
@@ -125,6 +127,10 @@ class Checkins:
         self._urgent.set()
         await waiter
 
+    def channel(self, device_uuid: str, connected: bool) -> None:
+        """The device's push channel opened or closed; written with the next batch."""
+        self._channels[device_uuid] = (device_uuid, connected, self.clock.now_ms())
+
     async def run(self) -> None:
         """Flush loop; owned by the application's lifecycle."""
         while True:
@@ -137,18 +143,21 @@ class Checkins:
             await self.flush()
 
     async def flush(self) -> None:
-        if not self._pending and not self._waiters:
+        if not self._pending and not self._waiters and not self._channels:
             return
         batch = list(self._pending.values())
+        channels = list(self._channels.values())
         waiters, self._waiters = self._waiters, []
         self._pending.clear()
+        self._channels.clear()
         try:
-            if batch:
-                await self.db.write(agent_store.write_checkins, batch)
+            await self.db.write(agent_store.write_batch, batch, channels)
         except Exception as exc:  # noqa: BLE001 - any store failure is reported to every waiter
             log.error("checkins.flush_failed", rows=len(batch), error=repr(exc))
             for device_write in batch:
                 self._pending.setdefault(device_write.device_uuid, device_write)
+            for change in channels:
+                self._channels.setdefault(change[0], change)
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(Unavailable("could not store the check-in", retry_after=5))

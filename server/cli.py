@@ -27,6 +27,7 @@ from server.app import create_app
 from server.bootstrap import NewSite, create_site, ensure_first_site, write_credentials
 from server.clock import SystemClock
 from server.config import (
+    DEFAULT_CHECKIN_INTERVAL_S,
     DEFAULT_HOST,
     DEFAULT_MAX_JSON_BYTES,
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -105,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_TOKEN_TTL_S,
         help="lifetime of admin access tokens in seconds",
+    )
+    parser.add_argument(
+        "--checkin-interval",
+        type=_positive,
+        default=DEFAULT_CHECKIN_INTERVAL_S,
+        help="seconds between check-ins that the server asks of awake devices",
     )
     parser.add_argument("--log-level", choices=LEVELS, default="info")
     commands = parser.add_subparsers(dest="command", metavar="{site}")
@@ -249,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_json_bytes=args.max_json_bytes,
             max_upload_bytes=args.max_upload_bytes,
             token_ttl_s=args.token_ttl,
+            checkin_interval_s=args.checkin_interval,
             seed=SeedSite.from_env(),
         )
         prepare_database(config)

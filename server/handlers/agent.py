@@ -276,12 +276,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     first = not c.hub.connected(state.uuid)
     c.hub.add(DeviceRef(state.uuid, state.site_uuid, state.serial, state.group_uuid), socket)
     if first:
-        await c.db.write(agent_store.set_rtc, state.uuid, True, c.clock.now_ms())
+        c.checkins.channel(state.uuid, connected=True)
     try:
         async for message in socket:
             if message.type == WSMsgType.TEXT and _is_ping(message.data):
                 await socket.send_json({"type": "pong"})
     finally:
         if c.hub.remove(state.uuid, socket):
-            await c.db.write(agent_store.set_rtc, state.uuid, False, c.clock.now_ms())
+            c.checkins.channel(state.uuid, connected=False)
     return socket

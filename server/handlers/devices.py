@@ -32,6 +32,14 @@ def render_devices(
     return [render_device(r, by_uuid.get(r["group_uuid"]), now) for r in rows]
 
 
+def live(request: web.Request, rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """rtcEnabled from the hub itself: the push channel as it is now, not as last written."""
+    hub = ctx(request).hub
+    for device in rendered:
+        device["states"]["rtcEnabled"] = hub.connected(device["uuid"])
+    return rendered
+
+
 def lookup(conn: sqlite3.Connection, site_uuid: str, query: dict[str, str]) -> sqlite3.Row:
     """The device named by `deviceUuid`/`uuid` or `serialNo` in the query; 40400 if absent."""
     device_uuid = query.get("deviceUuid") or query.get("uuid")
@@ -79,7 +87,7 @@ async def find_by(request: web.Request) -> web.Response:
     def read(conn: sqlite3.Connection) -> dict[str, Any]:
         return render_devices(conn, site_uuid, [lookup(conn, site_uuid, query)], now)[0]
 
-    return ok(await ctx(request).db.read(read))
+    return ok(live(request, [await ctx(request).db.read(read)])[0])
 
 
 @admin
@@ -96,7 +104,7 @@ async def find(request: web.Request) -> web.Response:
         return render_devices(conn, site_uuid, rows, now), total
 
     items, total = await ctx(request).db.read(read)
-    return paged(items, total=total, size=page.size)
+    return paged(live(request, items), total=total, size=page.size)
 
 
 @admin

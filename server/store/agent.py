@@ -84,14 +84,18 @@ def write_checkins(conn: sqlite3.Connection, writes: Sequence[CheckinWrite]) -> 
     )
 
 
-def set_rtc(conn: sqlite3.Connection, device_uuid: str, connected: bool, now: int) -> None:
-    if connected:
-        conn.execute("UPDATE devices SET rtc_enabled = 1 WHERE uuid = ?", (device_uuid,))
-    else:
-        conn.execute(
-            "UPDATE devices SET rtc_enabled = 0, last_disconnected = ? WHERE uuid = ?",
-            (now, device_uuid),
-        )
+def write_batch(
+    conn: sqlite3.Connection,
+    checkins: Sequence[CheckinWrite],
+    channels: Sequence[tuple[str, bool, int]],
+) -> None:
+    """One transaction: check-ins, then push-channel changes (device, connected, at)."""
+    write_checkins(conn, checkins)
+    conn.executemany(
+        "UPDATE devices SET rtc_enabled = ?, last_disconnected = CASE WHEN ? THEN "
+        "last_disconnected ELSE ? END WHERE uuid = ?",
+        [(int(connected), int(connected), at, device) for device, connected, at in channels],
+    )
 
 
 def mark_woken(conn: sqlite3.Connection, device_uuids: Sequence[str], now: int) -> None:
