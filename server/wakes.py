@@ -18,23 +18,13 @@ import structlog
 
 from server.clock import Clock
 from server.domain.presence import Presence, presence
-from server.domain.profiles import time_ms
+from server.domain.profiles import start_of
 from server.hub import Hub
 from server.store import agent as agent_store
 from server.store import profiles as profile_store
 from server.store.db import Database
 
 log = structlog.get_logger("server.wakes")
-
-
-def start_of(doc: dict[str, Any]) -> int | None:
-    """The later of `profile.startsOn` and `schedule_date.start_on`, epoch ms, or None."""
-    times = [
-        time_ms((doc.get("profile") or {}).get("startsOn"), "startsOn"),
-        time_ms((doc.get("schedule_date") or {}).get("start_on"), "start_on"),
-    ]
-    known = [t for t in times if t is not None]
-    return max(known) if known else None
 
 
 class WakeScheduler:

@@ -248,3 +248,14 @@ def parse_updated(value: Any) -> int:
         if parsed is not None:
             return parsed
     raise InvalidField("updated: must be epoch milliseconds as loaded")
+
+
+def start_of(doc: dict[str, Any]) -> int | None:
+    """When a stored profile starts: the later of `profile.startsOn` and
+    `schedule_date.start_on` (epoch ms), or None when neither is set."""
+    times = [
+        time_ms((doc.get("profile") or {}).get("startsOn"), "startsOn"),
+        time_ms((doc.get("schedule_date") or {}).get("start_on"), "start_on"),
+    ]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None

@@ -12,7 +12,9 @@ Decisions [ours]:
 - `events`: a profile named by an event must cover the device, or have covered it (progress or
   exclusion exists); otherwise 42200 and nothing of the batch is stored. Ids already stored are
   accepted again without effect; `data` is the number of events accepted.
-- `ota/next` for a profile that does not cover the device is 42200; unknown profile 40400.
+- `ota/next` for a profile that does not cover the device is 42200; unknown profile 40400;
+  before the profile's start (`startsOn` / `schedule_date.start_on`) it feeds nothing, with
+  reason `not_before` (nothing is applied before it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from server.context import caller, ctx, device, json_body, site_key
 from server.domain import feed
 from server.domain.device_reports import parse_checkin, parse_events, parse_inventory
 from server.domain.presence import SLEEP_INTERVAL_S
+from server.domain.profiles import start_of
 from server.domain.scope import ScopedProfile
 from server.domain.validation import Fields, expect_object, query_required
 from server.errors import NotForDevice, NotFound, Unauthorized
@@ -197,6 +200,9 @@ async def ota_next(request: web.Request) -> web.Response:
     if profile is None:
         await c.db.read(profiles.get_profile, state.site_uuid, profile_uuid)  # 40400 if unknown
         raise NotForDevice(f"profileUuid: profile {profile_uuid!r} does not cover this device")
+    start = start_of(profile.doc)
+    if start is not None and c.clock.now_ms() < start:
+        return ok({"ota": None, "reason": "not_before", "target": None})
     ota_uuids = [o if isinstance(o, str) else o["uuid"] for o in profile.doc.get("otas") or []]
 
     def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:

@@ -286,6 +286,31 @@ async def test_image_feed_over_http(admin: Client) -> None:
     assert (await device.get("/ota/api/agent/ota/next")).code == 40001
 
 
+async def test_image_feed_waits_for_the_start(admin: Client) -> None:
+    """Before startsOn, ota/next feeds nothing with reason not_before."""
+    base = {
+        "ota-type": "AB",
+        "pre-device": "walleye",
+        "post-timestamp": "1800000000",
+        "post-build": "acme/walleye/walleye:15/X/200:user/release-keys",
+    }
+    image = (await admin.upload("/ota/api/ota/upload", ota_zip(base), "i.zip")).data
+    later = (
+        await admin.post(
+            "/ota/api/profile/save",
+            {
+                "scope": {"device": ["D1"]},
+                "otas": [image["fileUuid"]],
+                "profile": {"startsOn": "2026-09-22T00:00:00Z"},
+            },
+        )
+    ).data
+    device = await enroll(admin, "D1")
+    await device.post("/ota/api/agent/checkin", CHECKIN)
+    reply = (await device.get("/ota/api/agent/ota/next", profileUuid=later["uuid"])).data
+    assert reply == {"ota": None, "reason": "not_before", "target": None}
+
+
 async def test_events_are_idempotent_and_drive_status(server: Server, admin: Client) -> None:
     """A retried batch is stored once; progress, AppStatus, inventory and logs follow events."""
     profile = (await admin.post("/ota/api/profile/save", {"scope": {"device": ["D1"]}})).data[
