@@ -1,26 +1,214 @@
-"""`midm-agent`: the on-device agent's command line (run, status, facts, inventory, snapshot).
+"""`midm-agent`: run the on-device agent, or look at it (status, facts, inventory, snapshot).
 
-Only the help exists until the agent lands (issue 4); every command says so and exits 2.
+    midm-agent run --server URL --api-key KEY --state-dir DIR --platform linux|android|simulated
+                   [--config agent.toml] [--once] [--admin-email E --admin-password P] ...
+    midm-agent status | facts | inventory [--json] | snapshot   (the same settings)
+
+Settings: defaults < --config < MIDM_* environment < flags. Errors print one line
+(`midm-agent: error: ... (hint)`) and exit 2 for bad settings, 1 for run-time failures; never a
+traceback. `run` without --once runs until SIGTERM/SIGINT, then flushes and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import structlog
 
 from agent import __version__
+from agent.clock import SystemClock
+from agent.config import PLATFORMS, AgentConfig, load
+from agent.errors import AgentError, ConfigError
+from agent.platforms.base import HardwareInfo, Platform, gather_facts
+from agent.platforms.facts_file import load_facts
+from agent.runtime.agent import Agent
+from agent.runtime.outbox import Outbox
+from agent.runtime.state import StateStore
+from agent.transport.client import AiohttpTransport, TlsOptions
 
+log = structlog.get_logger("agent")
 COMMANDS = ("run", "status", "facts", "inventory", "snapshot")
+
+
+def _settings(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", type=Path, help="TOML file with any of the settings below")
+    add("--server", help="server URL, e.g. http://127.0.0.1:8080 (MIDM_SERVER)")
+    add("--api-key", dest="api_key", help="the site's API key (MIDM_API_KEY)")
+    add(
+        "--state-dir",
+        dest="state_dir",
+        help="where the token, state and outbox live (MIDM_STATE_DIR)",
+    )
+    add("--platform", choices=PLATFORMS, help="device platform (MIDM_PLATFORM; default linux)")
+    add(
+        "--admin-email",
+        dest="admin_email",
+        help="admin login used to save a new device (MIDM_ADMIN_EMAIL)",
+    )
+    add("--admin-password", dest="admin_password", help="(MIDM_ADMIN_PASSWORD)")
+    add(
+        "--checkin-interval",
+        dest="checkin_interval_s",
+        type=float,
+        help="seconds between check-ins until the server says (default 60)",
+    )
+    add("--timeout", dest="request_timeout_s", type=float, help="per-request timeout, seconds")
+    add("--no-push", dest="push", action="store_const", const=False, help="no WebSocket")
+    add(
+        "--insecure",
+        dest="tls_verify",
+        action="store_const",
+        const=False,
+        help="do not verify the server's TLS certificate",
+    )
+    add("--ca-bundle", dest="ca_bundle", help="extra CA certificates (PEM)")
+    add("--client-cert", dest="client_cert", help="client certificate (PEM)")
+    add("--client-key", dest="client_key", help="client certificate's key (PEM)")
+    add("--apk-dir", dest="apk_dir", help="linux: the folder of APKs that is the installed set")
+    add("--facts", help="JSON {hardware_info, build} overriding what the platform reads")
+    add("--ac-online", dest="ac_online", choices=("auto", "yes", "no"), help="linux: AC power")
+    add("--adb", help="android: the adb executable, or 'local' to run on the device")
+    add("--adb-device", dest="adb_device", help="android: adb -s SERIAL")
+    add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="midm-agent", description="MiDM on-device agent.")
     parser.add_argument("--version", action="version", version=f"midm-agent {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
-    for name in COMMANDS:
-        commands.add_parser(name, help=f"{name} (not implemented yet)")
+    run = commands.add_parser("run", help="enroll, then check in until stopped")
+    _settings(run)
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="enroll if needed, check in, report, flush, exit (0 = all accepted)",
+    )
+    for name, text in (
+        ("status", "enrollment, last check-in, queued events, profiles"),
+        ("facts", "what the platform reports, as JSON"),
+        ("inventory", "the installed apps"),
+        ("snapshot", "facts and inventory as one JSON device template"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        _settings(sub)
+        if name == "inventory":
+            sub.add_argument("--json", action="store_true")
     return parser
+
+
+FLAG_NAMES = (
+    "server",
+    "api_key",
+    "state_dir",
+    "platform",
+    "admin_email",
+    "admin_password",
+    "checkin_interval_s",
+    "request_timeout_s",
+    "push",
+    "tls_verify",
+    "ca_bundle",
+    "client_cert",
+    "client_key",
+    "apk_dir",
+    "facts",
+    "ac_online",
+    "adb",
+    "adb_device",
+)
+
+
+def make_platform(config: AgentConfig) -> Platform:
+    facts = load_facts(config.facts) if config.facts else {}
+    if config.platform == "linux":
+        from agent.platforms.linux import LinuxPlatform
+
+        return LinuxPlatform(
+            state_dir=config.state_dir,
+            apk_dir=config.apk_dir,
+            facts=facts,
+            ac_online=config.ac_online,
+        )
+    if config.platform == "android":
+        from agent.platforms.android_adb import AndroidPlatform
+
+        return AndroidPlatform(
+            adb=None if config.adb == "local" else config.adb, device=config.adb_device, facts=facts
+        )
+    from agent.platforms.simulated import SimulatedPlatform
+
+    serial = (facts.get("hardware_info") or {}).get("serial_no") or "SIMULATED-0001"
+    return SimulatedPlatform(HardwareInfo(serial_no=str(serial)))
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+async def _run(args: argparse.Namespace, config: AgentConfig) -> int:
+    platform = make_platform(config)
+    tls = TlsOptions(
+        verify=config.tls_verify,
+        ca_bundle=config.ca_bundle,
+        client_cert=config.client_cert,
+        client_key=config.client_key,
+    )
+    async with AiohttpTransport(
+        config.server, timeout_s=config.request_timeout_s, tls=tls
+    ) as transport:
+        agent = Agent(
+            config=config,
+            platform=platform,
+            transport=transport,
+            clock=SystemClock(),
+            state_store=StateStore(config.state_dir),
+            outbox=Outbox(config.state_dir / "outbox"),
+        )
+        if args.once:
+            await agent.run_once()
+            log.info("agent.once_done", queued=agent.outbox.count())
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await agent.run(stop)
+        return 0
+
+
+async def _look(command: str, args: argparse.Namespace, config: AgentConfig) -> int:
+    if command == "status":
+        state = StateStore(config.state_dir).load()
+        outbox = config.state_dir / "outbox"
+        queued = len(list(outbox.glob("*-event-*.json"))) if outbox.is_dir() else 0
+        values = asdict(state)
+        values.pop("token")
+        values.update(enrolled=state.enrolled, queued_events=queued)
+        _print(values)
+        return 0
+    platform = make_platform(config)
+    if command == "facts":
+        _print((await gather_facts(platform)).to_json())
+        return 0
+    apps = [a.to_json() for a in await platform.installed_apps()]
+    if command == "inventory":
+        if args.json:
+            _print(apps)
+        else:
+            for app in apps:
+                sys.stdout.write(f"{app['packageName']}\t{app['versionCode']}\t{app['label']}\n")
+        return 0
+    _print({**(await gather_facts(platform)).to_json(), "apps": apps})
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,10 +217,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    sys.stderr.write(
-        f"midm-agent: error: '{args.command}' is not implemented yet in this version\n"
-    )
-    return 2
+    from server.logsetup import configure_logging  # one logging set-up for every CLI
+
+    configure_logging(args.log_level)
+    flags = {name: getattr(args, name, None) for name in FLAG_NAMES}
+    try:
+        config = load(flags, args.config)
+        if args.command == "run":
+            config.check()
+            return asyncio.run(_run(args, config))
+        return asyncio.run(_look(args.command, args, config))
+    except ConfigError as exc:
+        sys.stderr.write(f"midm-agent: error: {exc}\n")
+        return 2
+    except AgentError as exc:
+        sys.stderr.write(f"midm-agent: error: {exc} ({exc.hint})\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

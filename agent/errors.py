@@ -1,7 +1,16 @@
 """The agent package's exception tree; every error carries a hint the CLI prints.
 
 AgentError
-└── FormatError            a file the agent or server was handed is not what it claims
+├── ConfigError            settings that cannot work (bad flag, missing server URL)
+├── StateError             the state dir cannot be read or written
+├── TransportError         the server could not be reached or did not answer in time
+│   └── PushClosed         the WebSocket closed
+├── ProtocolError          the server answered something that is not the protocol
+├── ApiError(code, status, message, uq)   the server answered an error envelope
+│   ├── Unauthorized (40100)  ├── NotFound (40400)  ├── RateLimited (42900)
+│   └── Unavailable (50300)   (others stay ApiError with their code)
+├── PlatformError          the device platform failed (adb, sysfs, ...)
+└── FormatError            a file is not what it claims
     ├── ApkError           not a readable, signed APK
     └── OtaPackageError    not a readable OTA zip with META-INF/com/android/metadata
 """
@@ -13,6 +22,66 @@ class AgentError(Exception):
     """Base of every error raised by the agent package."""
 
     hint = "see the log for details"
+
+
+class ConfigError(AgentError):
+    hint = "check the command line, the MIDM_* environment and --config"
+
+
+class StateError(AgentError):
+    hint = "check that --state-dir exists and is writable by this user"
+
+
+class TransportError(AgentError):
+    hint = "check --server, the network and that the server is running"
+
+
+class PushClosed(TransportError):
+    pass
+
+
+class ProtocolError(AgentError):
+    hint = "the server is not a MiDM backend, or a proxy answered in its place"
+
+
+class ApiError(AgentError):
+    hint = "the server refused the request; its message says why"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int,
+        status: int,
+        uq: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+        self.uq = uq
+        self.retry_after = retry_after
+
+
+class Unauthorized(ApiError):
+    hint = "check --api-key; a revoked device token is renewed by registering again"
+
+
+class NotFound(ApiError):
+    pass
+
+
+class RateLimited(ApiError):
+    pass
+
+
+class Unavailable(ApiError):
+    pass
+
+
+class PlatformError(AgentError):
+    hint = "check the platform (--platform, adb connection, permissions)"
 
 
 class FormatError(AgentError):
@@ -29,3 +98,11 @@ class ApkError(FormatError):
 
 class OtaPackageError(FormatError):
     hint = "check that the file is a complete OTA zip built by the Android release tools"
+
+
+API_ERRORS: dict[int, type[ApiError]] = {
+    40100: Unauthorized,
+    40400: NotFound,
+    42900: RateLimited,
+    50300: Unavailable,
+}

@@ -1,0 +1,1 @@
+"""Device platforms behind one typed interface: linux, android (adb or local shell), simulated."""

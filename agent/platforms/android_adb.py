@@ -1,0 +1,225 @@
+"""The Android platform, through `adb` (a rig's USB/TCP device) or a local shell (on the device).
+
+Facts come from `getprop`, `dumpsys battery`, `dumpsys power`, `dumpsys connectivity`; the app
+list from `pm list packages -f --show-versioncode -U` (paths split on the last `=`, as Android
+11+ paths contain `==`); installs push the APK then `pm install -r [-g]`. Every command has a
+timeout; a failure is a PlatformError naming the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from agent.errors import PlatformError
+from agent.platforms.base import AppRecord, BuildInfo, HardwareInfo, PowerState
+from agent.platforms.facts_file import override_build, override_hardware
+
+_PROP = re.compile(r"^\[(?P<key>[^\]]+)\]: \[(?P<value>.*)\]$")
+_PACKAGE = re.compile(r"^package:(?P<rest>.+?)(?: versionCode:(?P<code>\d+))?(?: uid:\d+)?$")
+
+
+def parse_getprop(text: str) -> dict[str, str]:
+    props = {}
+    for line in text.splitlines():
+        match = _PROP.match(line.strip())
+        if match:
+            props[match["key"]] = match["value"]
+    return props
+
+
+def parse_packages(text: str) -> list[tuple[str, str, int | None]]:
+    """(path, package, versionCode) from `pm list packages -f --show-versioncode`."""
+    found = []
+    for line in text.splitlines():
+        match = _PACKAGE.match(line.strip())
+        if not match:
+            continue
+        path, sep, package = match["rest"].rpartition("=")
+        if not sep:
+            continue
+        found.append((path, package, int(match["code"]) if match["code"] else None))
+    return found
+
+
+def payload_location(package: Path) -> tuple[int, int, str]:
+    """(offset, size) of payload.bin inside an A/B OTA zip, and payload_properties.txt."""
+    import zipfile
+
+    from agent.errors import OtaPackageError
+
+    try:
+        with zipfile.ZipFile(package) as archive:
+            info = archive.getinfo("payload.bin")
+            headers = archive.read("payload_properties.txt").decode().strip()
+        with package.open("rb") as handle:
+            handle.seek(info.header_offset + 26)
+            name_len = int.from_bytes(handle.read(2), "little")
+            extra_len = int.from_bytes(handle.read(2), "little")
+    except (KeyError, OSError, zipfile.BadZipFile) as exc:
+        raise OtaPackageError(
+            f"{package.name}: no A/B payload ({exc})", reason="no_payload"
+        ) from exc
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise OtaPackageError(f"{package.name}: payload.bin is compressed", reason="bad_payload")
+    offset = info.header_offset + 30 + name_len + extra_len
+    return offset, info.file_size, headers
+
+
+def parse_battery(text: str) -> PowerState:
+    ac = re.search(r"AC powered:\s*(true|false)", text)
+    level = re.search(r"^\s*level:\s*(\d+)", text, re.M)
+    return PowerState(
+        ac=bool(ac and ac.group(1) == "true"), battery=float(level.group(1)) if level else None
+    )
+
+
+class AndroidPlatform:
+    name = "android"
+
+    def __init__(
+        self,
+        *,
+        adb: str | None = "adb",
+        device: str | None = None,
+        facts: dict[str, Any] | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.adb = adb  # None: run commands in a local shell (the agent runs on the device)
+        self.device = device
+        self.facts = facts or {}
+        self.timeout_s = timeout_s
+        self._props: dict[str, str] | None = None
+
+    async def _run(self, *args: str) -> str:
+        if self.adb is None:
+            command = ["sh", "-c", " ".join(shlex.quote(a) for a in args)]
+        else:
+            command = [self.adb, *(["-s", self.device] if self.device else []), *args]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+        except OSError as exc:
+            raise PlatformError(f"cannot run {command[0]}: {exc.strerror}") from exc
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                out, err = await process.communicate()
+        except TimeoutError as exc:
+            process.kill()
+            await process.wait()
+            raise PlatformError(f"{' '.join(args)}: no answer within {self.timeout_s:g} s") from exc
+        if process.returncode != 0:
+            detail = err.decode(errors="replace").strip()[:200]
+            raise PlatformError(f"{' '.join(args)} failed ({process.returncode}): {detail}")
+        return out.decode(errors="replace")
+
+    async def _shell(self, *args: str) -> str:
+        return await self._run(*args) if self.adb is None else await self._run("shell", *args)
+
+    async def props(self) -> dict[str, str]:
+        if self._props is None:
+            self._props = parse_getprop(await self._shell("getprop"))
+        return self._props
+
+    async def hardware(self) -> HardwareInfo:
+        props = await self.props()
+        return override_hardware(
+            HardwareInfo(
+                serial_no=props.get("ro.serialno", ""),
+                manufacturer=props.get("ro.product.manufacturer", ""),
+                brand=props.get("ro.product.brand", ""),
+                model=props.get("ro.product.model", ""),
+            ),
+            self.facts,
+        )
+
+    async def build(self) -> BuildInfo:
+        self._props = None  # the build changes across an OTA: read it fresh
+        props = await self.props()
+        date = props.get("ro.build.date.utc", "")
+        return override_build(
+            BuildInfo(
+                fingerprint=props.get("ro.build.fingerprint", ""),
+                build_date=int(date) if date.isdigit() else None,
+                display_id=props.get("ro.build.display.id", ""),
+                sdk=props.get("ro.build.version.sdk", ""),
+                device_id=props.get("ro.product.device", ""),
+                ab_update=props.get("ro.build.ab_update", "") == "true",
+                slot=props.get("ro.boot.slot_suffix", ""),
+            ),
+            self.facts,
+        )
+
+    async def power(self) -> PowerState:
+        return parse_battery(await self._shell("dumpsys", "battery"))
+
+    async def network(self) -> str:
+        text = await self._shell("dumpsys", "connectivity")
+        for marker, name in (("WIFI", "wifi"), ("ETHERNET", "ethernet"), ("CELLULAR", "mobile")):
+            if (
+                re.search(rf"Active default network.*|NetworkAgentInfo.*{marker}", text)
+                and marker in text
+            ):
+                return name
+        return "none"
+
+    async def sleeping(self) -> bool:
+        text = await self._shell("dumpsys", "power")
+        match = re.search(r"mWakefulness=(\w+)", text)
+        return bool(match and match.group(1) in ("Asleep", "Dozing"))
+
+    async def installed_apps(self) -> list[AppRecord]:
+        text = await self._shell("pm", "list", "packages", "-f", "--show-versioncode", "-U")
+        return [
+            AppRecord(package_name=package, version_code=code)
+            for _, package, code in parse_packages(text)
+        ]
+
+    async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
+        target = f"/data/local/tmp/{apk.name}"
+        if self.adb is not None:
+            await self._run("push", str(apk), target)
+        else:
+            target = str(apk)
+        await self._shell("pm", "install", "-r", *(["-g"] if grant_all else []), target)
+
+    async def uninstall_app(self, package: str) -> None:
+        await self._shell("pm", "uninstall", package)
+
+    async def apply_settings(self, settings: dict[str, Any]) -> None:
+        for namespace in ("global", "secure", "system"):
+            for key, value in (settings.get(namespace) or {}).items():
+                await self._shell("settings", "put", namespace, str(key), str(value))
+
+    async def apply_ota(self, package: Path, *, ab_update: bool) -> None:
+        """A/B: update_engine_client on the payload inside the zip (--follow for the outcome);
+        non-A/B: stage the package for recovery. The caller reboots afterwards."""
+        target = f"/data/ota_package/{package.name}"
+        if self.adb is not None:
+            await self._run("push", str(package), target)
+        else:
+            target = str(package)
+        if not ab_update:
+            await self._shell(
+                "sh", "-c", f"echo '--update_package={target}' > /cache/recovery/command"
+            )
+            return
+        offset, size, headers = await asyncio.to_thread(payload_location, package)
+        output = await self._shell(
+            "update_engine_client",
+            "--update",
+            f"--payload=file://{target}",
+            f"--offset={offset}",
+            f"--size={size}",
+            f"--headers={headers}",
+            "--follow",
+        )
+        if "UPDATED_NEED_REBOOT" not in output:
+            raise PlatformError(f"update_engine_client did not finish: {output.strip()[-200:]}")
+
+    async def reboot(self) -> None:
+        await self._shell("reboot")

@@ -1,0 +1,68 @@
+"""`--facts FILE`: JSON `{"hardware_info": {...}, "build": {...}}` overriding what a platform
+reads, with the check-in body's field names, any subset (rigs with unreadable DMI data,
+clones of a field device)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+from agent.platforms.base import BuildInfo, HardwareInfo
+
+_BUILD_FIELDS = {
+    "fingerprint": "fingerprint",
+    "buildDate": "build_date",
+    "displayId": "display_id",
+    "sdk": "sdk",
+    "deviceId": "device_id",
+    "productId": "product_id",
+    "skuId": "sku_id",
+    "customerId": "customer_id",
+    "abUpdate": "ab_update",
+    "slot": "slot",
+    "region": "region",
+}
+_HARDWARE_FIELDS = ("serial_no", "manufacturer", "brand", "model")
+
+
+def load_facts(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--facts {path}: cannot read ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--facts {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"--facts {path}: must be a JSON object")
+    for section, fields in (("hardware_info", _HARDWARE_FIELDS), ("build", tuple(_BUILD_FIELDS))):
+        given = values.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"--facts {path}: {section} must be an object")
+        unknown = set(given) - set(fields)
+        if unknown:
+            raise ConfigError(
+                f"--facts {path}: unknown {section} field(s): {', '.join(sorted(unknown))}"
+            )
+    return values
+
+
+def override_hardware(hardware: HardwareInfo, facts: dict[str, Any]) -> HardwareInfo:
+    given = facts.get("hardware_info") or {}
+    return replace(hardware, **{k: str(v) for k, v in given.items()})
+
+
+def override_build(build: BuildInfo, facts: dict[str, Any]) -> BuildInfo:
+    given = facts.get("build") or {}
+    changes: dict[str, Any] = {}
+    for key, value in given.items():
+        attribute = _BUILD_FIELDS[key]
+        if attribute == "build_date":
+            changes[attribute] = None if value is None else int(value)
+        elif attribute == "ab_update":
+            changes[attribute] = bool(value)
+        else:
+            changes[attribute] = str(value)
+    return replace(build, **changes)

@@ -1,0 +1,304 @@
+"""The agent: enrollment, the check-in loop, the push listener and the outbox flush.
+
+Theory of operation: `run()` owns one TaskGroup with the check-in loop, the push listener and a
+task that waits for the stop request; stopping cancels the loops, then the outbox is flushed
+once more (bounded by the request timeout) and the state saved. The check-in loop checks in,
+queues the inventory when the server asks or its hash changed, flushes the outbox, and sleeps
+the server's interval with jitter; on errors it backs off (full jitter, honouring
+Retry-After). A `sync` or `wake` on the push channel cuts the sleep short. Device calls that
+meet 40100 (a revoked token) register again once and retry; they never save the device again.
+The same class runs on a rig and, thousands of times, in the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from agent import protocol
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.core.backoff import next_delay, with_jitter
+from agent.core.checkin import checkin_body, inventory_hash
+from agent.core.enrollment import AdminLogin, drive, enrollment
+from agent.errors import (
+    AgentError,
+    ApiError,
+    NotFound,
+    PlatformError,
+    ProtocolError,
+    TransportError,
+    Unauthorized,
+)
+from agent.platforms.base import Platform, gather_facts
+from agent.protocol import CheckinReply, Credentials, Request
+from agent.runtime.outbox import Outbox
+from agent.runtime.state import AgentState, StateStore
+from agent.transport.base import Transport
+
+log = structlog.get_logger("agent")
+EVENT_BATCH = 100
+
+
+class StopRequested(Exception):
+    """Raised inside the TaskGroup to end the loops."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatistics:
+    checkins: int
+    failures: int
+    registrations: int
+    events_sent: int
+    push_connected: bool
+    queued: int
+    last_error: str
+
+
+def iso_ms(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        platform: Platform,
+        transport: Transport,
+        clock: Clock,
+        state_store: StateStore,
+        outbox: Outbox,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.platform = platform
+        self.transport = transport
+        self.clock = clock
+        self.state_store = state_store
+        self.outbox = outbox
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.state_store.prepare()
+        self.outbox.prepare()
+        self.state: AgentState = state_store.load()
+        self.push_connected = False
+        self._nudge = asyncio.Event()
+        self._enrolled = asyncio.Event()
+        if self.state.enrolled:
+            self._enrolled.set()
+        self._checkins = self._failures = self._events_sent = 0
+
+    # -- enrollment ---------------------------------------------------------------------------
+
+    def _creds(self) -> Credentials:
+        return Credentials(api_key=self.config.api_key, device_token=self.state.token or None)
+
+    async def ensure_enrolled(self) -> None:
+        if self.state.enrolled:
+            return
+        hardware = await self.platform.hardware()
+        admin = (
+            AdminLogin(email=self.config.admin_email, password=self.config.admin_password)
+            if self.config.admin_email
+            else None
+        )
+        flow = enrollment(self._creds(), hardware.serial_no, hardware.to_json(), admin)
+        try:
+            registration = await drive(flow, self.transport.send)
+        except NotFound as exc:
+            raise NotFound(
+                f"device {hardware.serial_no!r} is not saved on the server and the agent has no "
+                "admin credentials to save it (--admin-email/--admin-password or "
+                "MIDM_ADMIN_EMAIL/MIDM_ADMIN_PASSWORD); or ask an admin to save it",
+                code=exc.code,
+                status=exc.status,
+                uq=exc.uq,
+            ) from exc
+        self.state.serial = hardware.serial_no
+        self.state.device_uuid = registration.device_uuid
+        self.state.token = registration.token
+        self.state.registered_at = self.clock.now_ms()
+        self.state.registrations += 1
+        self.state_store.save(self.state)
+        self._enrolled.set()
+        log.info(
+            "enroll.ok",
+            device=registration.device_uuid,
+            serial=hardware.serial_no,
+            saved_by_agent=admin is not None,
+        )
+
+    async def call(self, build: Callable[[Credentials], Request], what: str) -> Any:
+        """A device call; a rejected token (40100) registers again once and retries."""
+        await self.ensure_enrolled()
+        try:
+            return protocol.decode(await self.transport.send(build(self._creds())), what)
+        except Unauthorized:
+            log.warning("agent.token_rejected", device=self.state.device_uuid, call=what)
+            self.state.token = ""
+            self._enrolled.clear()
+            self.state_store.save(self.state)
+            await self.ensure_enrolled()
+            return protocol.decode(await self.transport.send(build(self._creds())), what)
+
+    # -- one cycle ----------------------------------------------------------------------------
+
+    async def checkin(self) -> CheckinReply:
+        await self.ensure_enrolled()
+        facts = await gather_facts(self.platform)
+        apps = await self.platform.installed_apps()
+        current = inventory_hash(apps)
+        body = checkin_body(facts, rtc_enabled=self.push_connected, inventory=current)
+        started = self.clock.monotonic()
+        reply = protocol.parse_checkin_reply(
+            await self.call(lambda creds: protocol.checkin(creds, body), "checkin")
+        )
+        self._checkins += 1
+        if reply.inventory_wanted or current != self.state.reported_inventory_hash:
+            self.outbox.put_inventory(
+                {"category": "all", "apps": [a.to_json() for a in apps], "inventoryHash": current}
+            )
+        self.state.last_checkin = self.clock.now_ms()
+        self.state.last_checkin_error = ""
+        self.state.next_checkin_s = reply.next_checkin_s
+        self.state.profiles = [{"uuid": p.uuid, "updated": p.updated} for p in reply.profiles]
+        self.state_store.save(self.state)
+        log.info(
+            "checkin.ok",
+            device=self.state.serial,
+            profiles=len(reply.profiles),
+            ms=round((self.clock.monotonic() - started) * 1000, 1),
+        )
+        return reply
+
+    def queue_event(self, event: dict[str, Any]) -> str:
+        """Write an event to the outbox (sent by the next flush); returns its id."""
+        event = dict(event)
+        event.setdefault("at", iso_ms(self.clock.now_ms()))
+        return self.outbox.put_event(event)
+
+    async def flush(self) -> None:
+        """Send what the outbox holds; each item is removed only once the server accepted it."""
+        for item in self.outbox.pending("inventory", limit=1):
+            body = item.body
+
+            def put(creds: Credentials, body: dict[str, Any] = body) -> Request:
+                return protocol.put_apps(
+                    creds, body["category"], body["apps"], body["inventoryHash"]
+                )
+
+            await self.call(put, "apps")
+            self.outbox.ack([item])
+            self.state.reported_inventory_hash = str(body["inventoryHash"])
+            self.state_store.save(self.state)
+        while batch := self.outbox.pending("event", limit=EVENT_BATCH):
+            events = [item.body for item in batch]
+
+            def send(creds: Credentials, events: list[dict[str, Any]] = events) -> Request:
+                return protocol.events(creds, events)
+
+            await self.call(send, "events")
+            self.outbox.ack(batch)
+            self._events_sent += len(batch)
+
+    async def run_once(self) -> None:
+        await self.checkin()
+        await self.flush()
+
+    # -- running for weeks --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._checkin_loop(), name="checkin-loop")
+                if self.config.push:
+                    group.create_task(self._push_loop(), name="push-loop")
+                group.create_task(self._until(stop), name="stop")
+        except* StopRequested:
+            pass
+        with suppress(AgentError, TimeoutError):
+            async with asyncio.timeout(self.config.request_timeout_s):
+                await self.flush()
+        self.state_store.save(self.state)
+        log.info("agent.stopped", queued=self.outbox.count())
+
+    @staticmethod
+    async def _until(stop: asyncio.Event) -> None:
+        await stop.wait()
+        raise StopRequested
+
+    async def _checkin_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                reply = await self.checkin()
+                await self.flush()
+            except (TransportError, ProtocolError, ApiError, PlatformError) as exc:
+                attempt += 1
+                self._failures += 1
+                retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+                delay = next_delay(attempt, retry_after, self.rng)
+                self.state.last_checkin_error = str(exc)
+                log.warning(
+                    "checkin.failed",
+                    device=self.state.serial,
+                    error=str(exc),
+                    attempt=attempt,
+                    retry_in_s=round(delay, 1),
+                )
+            else:
+                attempt = 0
+                delay = with_jitter(reply.next_checkin_s, self.rng)
+            await self._sleep_or_nudge(delay)
+
+    async def _sleep_or_nudge(self, seconds: float) -> None:
+        """Sleep `seconds` on the agent's clock, or less if the push channel nudges."""
+        self._nudge.clear()
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        nudged = asyncio.ensure_future(self._nudge.wait())
+        try:
+            await asyncio.wait({sleeper, nudged}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, nudged):
+                task.cancel()
+            await asyncio.gather(sleeper, nudged, return_exceptions=True)
+
+    async def _push_loop(self) -> None:
+        attempt = 0
+        while True:
+            await self._enrolled.wait()
+            headers = protocol.device_headers(self._creds())
+            try:
+                async with self.transport.open_push(protocol.PUSH, headers) as channel:
+                    self.push_connected = True
+                    attempt = 0
+                    log.info("push.connected", device=self.state.serial)
+                    async for message in channel.messages():
+                        if message.get("type") in ("sync", "wake"):
+                            log.info("push.nudge", device=self.state.serial, type=message["type"])
+                            self._nudge.set()
+            except TransportError as exc:
+                log.info("push.closed", device=self.state.serial, reason=str(exc))
+            finally:
+                self.push_connected = False
+            attempt += 1
+            await self.clock.sleep(next_delay(attempt, None, self.rng, cap=60.0))
+
+    def statistics(self) -> AgentStatistics:
+        return AgentStatistics(
+            checkins=self._checkins,
+            failures=self._failures,
+            registrations=self.state.registrations,
+            events_sent=self._events_sent,
+            push_connected=self.push_connected,
+            queued=self.outbox.count(),
+            last_error=self.state.last_checkin_error,
+        )
