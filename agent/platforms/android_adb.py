@@ -221,5 +221,8 @@ class AndroidPlatform:
         if "UPDATED_NEED_REBOOT" not in output:
             raise PlatformError(f"update_engine_client did not finish: {output.strip()[-200:]}")
 
+    async def wake(self) -> None:
+        await self._shell("input", "keyevent", "KEYCODE_WAKEUP")
+
     async def reboot(self) -> None:
         await self._shell("reboot")

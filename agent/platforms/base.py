@@ -137,6 +137,10 @@ class Platform(Protocol):
 
     async def reboot(self) -> None: ...
 
+    async def wake(self) -> None:
+        """Bring a sleeping device to life (a `wake` on the push channel)."""
+        ...
+
 
 async def gather_facts(platform: Platform) -> DeviceFacts:
     return DeviceFacts(

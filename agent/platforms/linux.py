@@ -210,6 +210,9 @@ class LinuxPlatform:
         write_atomic(folder / "build.json", json.dumps(build).encode(), mode=0o644)
         write_atomic(self.slots / "pending", target.encode(), mode=0o644)
 
+    async def wake(self) -> None:
+        """Rigs do not sleep; nothing to do."""
+
     async def reboot(self) -> None:
         pending = _read(self.slots / "pending")
         if pending:

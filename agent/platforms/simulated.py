@@ -68,6 +68,9 @@ class SimulatedPlatform:
     async def apply_ota(self, package: Path, *, ab_update: bool) -> None:
         self.staged_ota = package
 
+    async def wake(self) -> None:
+        self.is_sleeping = False
+
     async def reboot(self) -> None:
         self.reboots += 1
         self.is_sleeping = False

@@ -282,8 +282,11 @@ class Agent:
                     attempt = 0
                     log.info("push.connected", device=self.state.serial)
                     async for message in channel.messages():
-                        if message.get("type") in ("sync", "wake"):
-                            log.info("push.nudge", device=self.state.serial, type=message["type"])
+                        kind = message.get("type")
+                        if kind == "wake":
+                            await self._wake()
+                        if kind in ("sync", "wake"):
+                            log.info("push.nudge", device=self.state.serial, type=kind)
                             self._nudge.set()
             except TransportError as exc:
                 log.info("push.closed", device=self.state.serial, reason=str(exc))
@@ -291,6 +294,12 @@ class Agent:
                 self.push_connected = False
             attempt += 1
             await self.clock.sleep(next_delay(attempt, None, self.rng, cap=60.0))
+
+    async def _wake(self) -> None:
+        try:
+            await self.platform.wake()
+        except PlatformError as exc:
+            log.warning("push.wake_failed", device=self.state.serial, error=str(exc))
 
     def statistics(self) -> AgentStatistics:
         return AgentStatistics(

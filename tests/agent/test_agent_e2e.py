@@ -306,3 +306,35 @@ async def test_server_down_at_start(tmp_path: Path) -> None:
         await asyncio.gather(runner, return_exceptions=True)
         await transport.close()
         await transport2.close()
+
+
+async def test_wake_on_the_push_channel_wakes_the_device(
+    server: Server, admin: Client, clock: FixedClock, tmp_path: Path
+) -> None:
+    """A sleeping device woken by wakeToApply wakes its platform and checks in awake."""
+    from agent.platforms.simulated import SimulatedPlatform
+
+    agent_clock = FakeClock()
+    agent, _ = make_agent(server.base, tmp_path / "state", clock=agent_clock)
+    platform = agent.platform
+    assert isinstance(platform, SimulatedPlatform)
+    platform.is_sleeping = True
+    stop = asyncio.Event()
+    runner = asyncio.create_task(agent.run(stop))
+    try:
+        for _ in range(200):
+            if agent.statistics().checkins >= 1 and agent.push_connected:
+                break
+            await asyncio.sleep(0.05)
+        clock.advance(5)
+        await admin.post(
+            "/ota/api/profile/save", {"scope": {"device": ["S1"]}, "profile": {"wakeToApply": True}}
+        )
+        for _ in range(200):
+            if not platform.is_sleeping and agent.statistics().checkins >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert not platform.is_sleeping and agent.statistics().checkins >= 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 10)
