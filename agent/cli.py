@@ -30,6 +30,7 @@ from agent.errors import AgentError, ConfigError
 from agent.platforms.base import HardwareInfo, Platform, gather_facts
 from agent.platforms.facts_file import load_facts
 from agent.runtime.agent import Agent
+from agent.runtime.files import write_atomic
 from agent.runtime.outbox import Outbox
 from agent.runtime.state import StateStore
 from agent.transport.client import AiohttpTransport, TlsOptions
@@ -102,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         _settings(sub)
         if name == "inventory":
             sub.add_argument("--json", action="store_true")
+        if name == "snapshot":
+            sub.add_argument(
+                "--output",
+                "-o",
+                type=Path,
+                help="write the snapshot to this file (default: standard output)",
+            )
     return parser
 
 
@@ -142,7 +150,10 @@ def make_platform(config: AgentConfig) -> Platform:
         from agent.platforms.android_adb import AndroidPlatform
 
         return AndroidPlatform(
-            adb=None if config.adb == "local" else config.adb, device=config.adb_device, facts=facts
+            adb=None if config.adb == "local" else config.adb,
+            device=config.adb_device,
+            facts=facts,
+            state_dir=config.state_dir,
         )
     from agent.platforms.simulated import SimulatedPlatform
 
@@ -207,7 +218,15 @@ async def _look(command: str, args: argparse.Namespace, config: AgentConfig) -> 
             for app in apps:
                 sys.stdout.write(f"{app['packageName']}\t{app['versionCode']}\t{app['label']}\n")
         return 0
-    _print({**(await gather_facts(platform)).to_json(), "apps": apps})
+    snapshot = {"snapshot_version": 1, **(await gather_facts(platform)).to_json(), "apps": apps}
+    if args.output is None:
+        _print(snapshot)
+        return 0
+    try:
+        write_atomic(args.output, json.dumps(snapshot, indent=2).encode(), mode=0o644)
+    except OSError as exc:
+        raise ConfigError(f"--output {args.output}: cannot write ({exc.strerror})") from exc
+    log.info("snapshot.written", path=str(args.output), apps=len(apps))
     return 0
 
 

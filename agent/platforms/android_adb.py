@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent.apk.inventory import CACHE_FILE, AppFiles, InventoryScanner
 from agent.errors import PlatformError
 from agent.platforms.base import AppRecord, BuildInfo, HardwareInfo, PowerState
 from agent.platforms.facts_file import override_build, override_hardware
@@ -69,6 +71,48 @@ def payload_location(package: Path) -> tuple[int, int, str]:
     return offset, info.file_size, headers
 
 
+_TIME = re.compile(r"^\s*(firstInstallTime|lastUpdateTime)=(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
+
+
+def parse_package_times(text: str, zone: str = "UTC") -> dict[str, tuple[int | None, int | None]]:
+    """firstInstallTime/lastUpdateTime per package from `dumpsys package packages` (device
+    local time without zone; read in `zone`) as epoch ms."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    found: dict[str, dict[str, int]] = {}
+    current = ""
+    for line in text.splitlines():
+        header = re.match(r"^\s*Package \[([^\]]+)\]", line)
+        if header:
+            current = header.group(1)
+            continue
+        match = _TIME.match(line)
+        if match and current:
+            moment = datetime.strptime(match.group(2), "%Y-%m-%d %H:%M:%S").replace(
+                tzinfo=ZoneInfo(zone)
+            )
+            found.setdefault(current, {})[match.group(1)] = int(moment.timestamp() * 1000)
+    return {p: (t.get("firstInstallTime"), t.get("lastUpdateTime")) for p, t in found.items()}
+
+
+def parse_diskstats(text: str) -> dict[str, int]:
+    """Data size per package from `dumpsys diskstats` ("Package Names" and "App Data Sizes")."""
+    names = re.search(r"Package Names: \[(.*?)\]", text)
+    sizes = re.search(r"App Data Sizes: \[(.*?)\]", text)
+    if not names or not sizes:
+        return {}
+    packages = [n.strip().strip('"') for n in names.group(1).split(",")]
+    values = [v.strip() for v in sizes.group(1).split(",")]
+    return {p: int(v) for p, v in zip(packages, values, strict=False) if v.isdigit()}
+
+
+def _prepared(local: Path) -> bool:
+    """Make the pull folder; True when this APK version was pulled before."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    return local.exists()
+
+
 def parse_battery(text: str) -> PowerState:
     ac = re.search(r"AC powered:\s*(true|false)", text)
     level = re.search(r"^\s*level:\s*(\d+)", text, re.M)
@@ -87,12 +131,15 @@ class AndroidPlatform:
         device: str | None = None,
         facts: dict[str, Any] | None = None,
         timeout_s: float = 30.0,
+        state_dir: Path | None = None,
     ) -> None:
         self.adb = adb  # None: run commands in a local shell (the agent runs on the device)
         self.device = device
         self.facts = facts or {}
         self.timeout_s = timeout_s
         self._props: dict[str, str] | None = None
+        self.state_dir = state_dir
+        self._scanner: InventoryScanner | None = None
 
     async def _run(self, *args: str) -> str:
         if self.adb is None:
@@ -173,11 +220,48 @@ class AndroidPlatform:
         return bool(match and match.group(1) in ("Asleep", "Dozing"))
 
     async def installed_apps(self) -> list[AppRecord]:
-        text = await self._shell("pm", "list", "packages", "-f", "--show-versioncode", "-U")
-        return [
-            AppRecord(package_name=package, version_code=code)
-            for _, package, code in parse_packages(text)
+        """pm's list; with a state dir, full AppInfo from the APKs (pulled once per version
+        over adb, read in place on the device), install times from `dumpsys package`, data
+        sizes from `dumpsys diskstats` (a cache that may be stale)."""
+        listed = parse_packages(
+            await self._shell("pm", "list", "packages", "-f", "--show-versioncode", "-U")
+        )
+        if self.state_dir is None:
+            return [AppRecord(package_name=p, version_code=c) for _, p, c in listed]
+        if self._scanner is None:
+            self._scanner = InventoryScanner(None, self.state_dir / CACHE_FILE)
+        files = [
+            AppFiles(await self._local_copy(path, package, code)) for path, package, code in listed
         ]
+        scanned = {r.package_name: r for r in (await self._scanner.scan_files(files)).apps}
+        times = parse_package_times(await self._shell("dumpsys", "package", "packages"))
+        sizes = parse_diskstats(await self._shell("dumpsys", "diskstats"))
+        records = []
+        for _, package, code in listed:
+            base = scanned.get(package) or AppRecord(package_name=package, version_code=code)
+            first, last = times.get(package, (None, None))
+            records.append(
+                replace(
+                    base,
+                    version_code=code if code is not None else base.version_code,
+                    first_installed=first,
+                    last_updated=last,
+                    data_size=sizes.get(package, base.data_size),
+                )
+            )
+        return records
+
+    async def _local_copy(self, path: str, package: str, code: int | None) -> Path:
+        if self.adb is None:
+            return Path(path)
+        assert self.state_dir is not None
+        folder = self.state_dir / "pulled"
+        local: Path = folder / f"{package}-{code}.apk"
+        if not await asyncio.to_thread(_prepared, local):
+            partial = local.with_suffix(".part")
+            await self._run("pull", path, str(partial))
+            partial.replace(local)
+        return local
 
     async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
         target = f"/data/local/tmp/{apk.name}"

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from agent.apk.inventory import CACHE_FILE, InventoryScanner
 from agent.errors import ApkError, PlatformError
 from agent.platforms.base import AppRecord, BuildInfo, HardwareInfo, PowerState
 from agent.platforms.facts_file import override_build, override_hardware
@@ -57,6 +58,7 @@ class LinuxPlatform:
         self.sysfs = sysfs
         self.etc = etc
         self.slots = state_dir / "slots"
+        self._scanner: InventoryScanner | None = None
 
     async def hardware(self) -> HardwareInfo:
         dmi = self.sysfs / "class" / "dmi" / "id"
@@ -135,34 +137,11 @@ class LinuxPlatform:
         return sorted(self.apk_dir.glob("*.apk"))
 
     async def installed_apps(self) -> list[AppRecord]:
-        return await asyncio.to_thread(self._scan)
-
-    def _scan(self) -> list[AppRecord]:
-        from agent.apk.metadata import read_apk_metadata
-
-        records: dict[str, AppRecord] = {}
-        for path in self._apks():
-            try:
-                meta = read_apk_metadata(path)
-            except ApkError as exc:
-                log.warning("inventory.parse_failed", path=str(path), reason=exc.reason)
-                continue
-            stat = path.stat()
-            records[meta.package_name] = AppRecord(
-                package_name=meta.package_name,
-                version_code=meta.version_code,
-                label=meta.label,
-                version_name=meta.version_name,
-                min_sdk_version=meta.min_sdk_version,
-                target_sdk_version=meta.target_sdk_version,
-                max_sdk_version=meta.max_sdk_version,
-                cert_md5=meta.cert_md5,
-                app_size=meta.size,
-                data_size=0,
-                first_installed=int(stat.st_ctime * 1000),
-                last_updated=int(stat.st_mtime * 1000),
-            )
-        return list(records.values())
+        if self.apk_dir is None:
+            return []
+        if self._scanner is None:
+            self._scanner = InventoryScanner(self.apk_dir, self.state_dir / CACHE_FILE)
+        return (await self._scanner.scan()).apps
 
     async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
         if self.apk_dir is None:

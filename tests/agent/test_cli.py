@@ -172,3 +172,38 @@ async def test_facts_prints_platform_json(tmp_path: Path) -> None:
         facts["hardware_info"]["serial_no"] == "RIG-7"
         and facts["build"]["fingerprint"] == "debian/12"
     )
+
+
+async def test_inventory_and_snapshot(tmp_path: Path) -> None:
+    """inventory lists the APK folder's apps; snapshot writes facts + inventory as one file."""
+    import shutil
+
+    from tests.helpers import APKS
+
+    apks = tmp_path / "apks"
+    apks.mkdir()
+    shutil.copy(APKS / "basic-v1.apk", apks)
+    shutil.copy(APKS / "corrupt-truncated.apk", apks)
+    settings = [
+        "--platform",
+        "linux",
+        "--facts",
+        str(facts_file(tmp_path)),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--apk-dir",
+        str(apks),
+    ]
+    code, out, err = await agent_cli("inventory", "--json", *settings)
+    assert code == 0, err
+    assert [a["packageName"] for a in json.loads(out)] == ["com.example.basic"]
+    assert "corrupt-truncated.apk" in err  # a structured warning names the bad file
+    code, out, _ = await agent_cli("inventory", *settings)
+    assert out.split("\t")[:2] == ["com.example.basic", "1"]
+    target = tmp_path / "device.json"
+    code, _, err = await agent_cli("snapshot", *settings, "--output", str(target))
+    assert code == 0, err
+    snapshot = json.loads(target.read_text())
+    assert snapshot["hardware_info"]["serial_no"] == "RIG-7"
+    assert snapshot["build"]["fingerprint"] == "debian/12"
+    assert [a["packageName"] for a in snapshot["apps"]] == ["com.example.basic"]

@@ -1,0 +1,252 @@
+"""The installed-app inventory from a tree of APKs, with a persistent parse cache.
+
+Theory of operation: an app is an APK file, or a folder holding `base.apk` and `split_*.apk`
+(its size is the sum). Each APK is keyed by (path, size, mtime_ns, inode); a rescan looks every
+key up in the cache and parses only what is new or changed, so a rescan with nothing changed
+parses nothing. Parsing runs off the event loop: in a worker thread for a few files, in a
+small process pool when many changed. A file that cannot be parsed never stops a scan: it is
+skipped with a structured warning naming the file and the reason (and remembered, so it is not
+parsed again until it changes). The cache (`inventory-cache.json` in the state dir) survives
+restarts; a corrupt cache is discarded with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.platforms.base import AppRecord
+from agent.runtime.files import write_atomic
+
+log = structlog.get_logger("agent.inventory")
+CACHE_FILE = "inventory-cache.json"
+CACHE_VERSION = 1
+PROCESS_POOL_THRESHOLD = 16  # changed APKs above which parsing moves to worker processes
+
+
+def parse_apk(path: str) -> dict[str, Any]:
+    """Worker: the APK's metadata as a dict, or {"error": reason, "message": text}."""
+    from agent.apk.metadata import read_apk_metadata
+    from agent.errors import ApkError
+
+    try:
+        meta = read_apk_metadata(Path(path))
+    except ApkError as exc:
+        return {"error": exc.reason, "message": str(exc)}
+    return {
+        "packageName": meta.package_name,
+        "label": meta.label,
+        "versionCode": meta.version_code,
+        "versionName": meta.version_name,
+        "minSdkVersion": meta.min_sdk_version,
+        "targetSdkVersion": meta.target_sdk_version,
+        "maxSdkVersion": meta.max_sdk_version,
+        "certMd5": meta.cert_md5,
+    }
+
+
+def parse_many(paths: list[str]) -> list[dict[str, Any]]:
+    return [parse_apk(p) for p in paths]
+
+
+@dataclass(frozen=True, slots=True)
+class AppFiles:
+    """One installed app: its base APK and split APKs."""
+
+    base: Path
+    splits: tuple[Path, ...] = ()
+
+
+def find_apps(root: Path) -> list[AppFiles]:
+    """Every app under `root`: folders with base.apk (plus splits), and other *.apk files."""
+    apps: list[AppFiles] = []
+    if not root.is_dir():
+        return apps
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        here = Path(folder)
+        apks = sorted(f for f in files if f.endswith(".apk"))
+        if "base.apk" in apks:
+            splits = tuple(here / f for f in apks if f.startswith("split_"))
+            apps.append(AppFiles(here / "base.apk", splits))
+            rest = [f for f in apks if f != "base.apk" and not f.startswith("split_")]
+        else:
+            rest = apks
+        apps.extend(AppFiles(here / f) for f in rest)
+    return apps
+
+
+def file_key(stat: os.stat_result) -> list[int]:
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def stat_all(apps: Iterable[AppFiles]) -> dict[Path, os.stat_result | None]:
+    found: dict[Path, os.stat_result | None] = {}
+    for app in apps:
+        for path in (app.base, *app.splits):
+            try:
+                found[path] = path.stat()
+            except OSError:
+                found[path] = None  # vanished between listing and stat: not installed
+    return found
+
+
+class InventoryCache:
+    """path -> (key, parsed metadata or error); loaded once, saved when it changed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.dirty = False
+
+    def load(self) -> None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("inventory.cache_unreadable", path=str(self.path), reason=exc.strerror)
+            return
+        try:
+            values = json.loads(raw)
+            if values.get("version") != CACHE_VERSION or not isinstance(values["entries"], dict):
+                raise ValueError("unknown cache version")
+            self.entries = values["entries"]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("inventory.cache_discarded", path=str(self.path), reason=str(exc))
+            self.entries = {}
+            self.dirty = True
+
+    def lookup(self, path: Path, key: list[int]) -> dict[str, Any] | None:
+        entry = self.entries.get(str(path))
+        if entry is not None and entry.get("key") == key:
+            meta: dict[str, Any] = entry["meta"]
+            return meta
+        return None
+
+    def store(self, path: Path, key: list[int], meta: dict[str, Any]) -> None:
+        self.entries[str(path)] = {"key": key, "meta": meta}
+        self.dirty = True
+
+    def forget_missing(self, present: set[str]) -> None:
+        gone = set(self.entries) - present
+        for path in gone:
+            del self.entries[path]
+        self.dirty = self.dirty or bool(gone)
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            self.path, json.dumps({"version": CACHE_VERSION, "entries": self.entries}).encode()
+        )
+        self.dirty = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    apps: list[AppRecord]
+    parsed: int
+    skipped: int
+
+
+class InventoryScanner:
+    def __init__(self, root: Path | None, cache_path: Path) -> None:
+        self.root = root
+        self.cache = InventoryCache(cache_path)
+        self.cache.load()
+        self._lock = asyncio.Lock()
+        self.parsed_total = 0
+
+    async def scan(self) -> ScanResult:
+        """Scan the tree under `root`."""
+        if self.root is None:
+            return ScanResult([], 0, 0)
+        return await self.scan_files(await asyncio.to_thread(find_apps, self.root))
+
+    async def scan_files(self, apps: list[AppFiles]) -> ScanResult:
+        """Scan the given apps (Android lists them with pm instead of a folder walk)."""
+        async with self._lock:  # one scan at a time; check-ins keep running meanwhile
+            stats = await asyncio.to_thread(stat_all, apps)
+            todo = [
+                p
+                for p, s in stats.items()
+                if s is not None and self.cache.lookup(p, file_key(s)) is None
+            ]
+            if todo:
+                results = await self._parse([str(p) for p in todo])
+                for path, meta in zip(todo, results, strict=True):
+                    stat = stats[path]
+                    assert stat is not None
+                    self.cache.store(path, file_key(stat), meta)
+                    if "error" in meta:  # said once per file version, not at every scan
+                        log.warning(
+                            "inventory.parse_failed",
+                            path=str(path),
+                            reason=meta["error"],
+                            detail=meta["message"],
+                        )
+            self.cache.forget_missing({str(p) for p, s in stats.items() if s is not None})
+            await asyncio.to_thread(self.cache.save)
+            self.parsed_total += len(todo)
+            records, skipped = self._records(apps, stats)
+            return ScanResult(records, len(todo), skipped)
+
+    async def _parse(self, paths: list[str]) -> list[dict[str, Any]]:
+        if len(paths) <= PROCESS_POOL_THRESHOLD:
+            return await asyncio.to_thread(parse_many, paths)
+        workers = min(4, os.cpu_count() or 1)
+        chunks = [paths[i::workers] for i in range(workers)]
+        context = multiprocessing.get_context("forkserver")
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            parts = await asyncio.gather(
+                *(loop.run_in_executor(pool, parse_many, chunk) for chunk in chunks)
+            )
+        by_path = {
+            p: r
+            for chunk, part in zip(chunks, parts, strict=True)
+            for p, r in zip(chunk, part, strict=True)
+        }
+        return [by_path[p] for p in paths]
+
+    def _records(
+        self, apps: list[AppFiles], stats: dict[Path, os.stat_result | None]
+    ) -> tuple[list[AppRecord], int]:
+        records: dict[str, AppRecord] = {}
+        skipped = 0
+        for app in apps:
+            base = stats.get(app.base)
+            meta = self.cache.lookup(app.base, file_key(base)) if base is not None else None
+            if base is None or meta is None or "error" in meta:
+                skipped += 1
+                continue
+            size = sum(s.st_size for p in (app.base, *app.splits) if (s := stats.get(p)))
+            record = AppRecord(
+                package_name=meta["packageName"],
+                version_code=meta["versionCode"],
+                label=meta["label"],
+                version_name=meta["versionName"],
+                min_sdk_version=meta["minSdkVersion"],
+                target_sdk_version=meta["targetSdkVersion"],
+                max_sdk_version=meta["maxSdkVersion"],
+                cert_md5=meta["certMd5"],
+                app_size=size,
+                data_size=0,
+                first_installed=base.st_ctime_ns // 1_000_000,
+                last_updated=base.st_mtime_ns // 1_000_000,
+            )
+            known = records.get(record.package_name)
+            if known is None or (record.version_code or 0) > (known.version_code or 0):
+                records[record.package_name] = record
+        return sorted(records.values(), key=lambda r: r.package_name), skipped

@@ -1,0 +1,191 @@
+"""The app inventory from APK metadata: every field, the persistent cache, bad files, split
+APKs, Android through adb, and change detection (one report per install/upgrade/removal)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.apk import inventory
+from agent.apk.inventory import CACHE_FILE, InventoryScanner
+from agent.platforms.android_adb import AndroidPlatform
+from tests.agent.agent_harness import make_agent
+from tests.helpers import APKS, FIXTURES, Client, Server, expected_apks
+
+SIGNED = ["basic-v1.apk", "maxsdk.apk", "nolabel.apk", "nosdk.apk", "v1only.apk"]
+
+
+def tree(root: Path, names: list[str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(APKS / name, root / name)
+    return root
+
+
+async def test_every_field_matches_aapt_and_keytool(tmp_path: Path) -> None:
+    """packageName, label, versions, SDKs, certMd5 and appSize equal expected.json."""
+    scanner = InventoryScanner(tree(tmp_path / "apks", SIGNED), tmp_path / CACHE_FILE)
+    result = await scanner.scan()
+    by_package = {a.package_name: a for a in result.apps}
+    for name in SIGNED:
+        want = expected_apks()[name]
+        app = by_package[want["packageName"]]
+        assert (app.version_code, app.version_name, app.cert_md5, app.app_size) == (
+            want["versionCode"],
+            want["versionName"],
+            want["certMd5"],
+            want["appSize"],
+        )
+        assert (app.min_sdk_version, app.target_sdk_version, app.max_sdk_version) == (
+            want["minSdkVersion"],
+            want["targetSdkVersion"],
+            want["maxSdkVersion"],
+        )
+        assert app.label == (want["label"] or want["packageName"])
+        assert app.first_installed and app.last_updated and app.data_size == 0
+
+
+async def test_cache_parses_only_changes_and_survives_restart(tmp_path: Path) -> None:
+    """A rescan parses nothing; a changed APK is parsed again; a new scanner reuses the cache."""
+    root = tree(tmp_path / "apks", ["basic-v1.apk", "maxsdk.apk"])
+    cache = tmp_path / CACHE_FILE
+    first = await InventoryScanner(root, cache).scan()
+    assert first.parsed == 2
+    scanner = InventoryScanner(root, cache)
+    assert (await scanner.scan()).parsed == 0
+    shutil.copy(APKS / "basic-v2.apk", root / "basic-v1.apk")  # upgraded in place
+    upgraded = await scanner.scan()
+    assert upgraded.parsed == 1
+    assert {a.package_name: a.version_code for a in upgraded.apps}["com.example.basic"] == 2
+    (root / "maxsdk.apk").unlink()
+    assert [a.package_name for a in (await scanner.scan()).apps] == ["com.example.basic"]
+    assert len(json.loads(cache.read_text())["entries"]) == 1
+
+
+async def test_corrupt_cache_is_discarded_with_a_warning(tmp_path: Path) -> None:
+    """A damaged cache file is dropped (everything is parsed again) and a warning says so."""
+    root = tree(tmp_path / "apks", ["basic-v1.apk"])
+    (tmp_path / CACHE_FILE).write_text("{not json")
+    with capture_logs() as logs:
+        result = await InventoryScanner(root, tmp_path / CACHE_FILE).scan()
+    assert result.parsed == 1 and len(result.apps) == 1
+    assert any(e["event"] == "inventory.cache_discarded" for e in logs)
+
+
+async def test_bad_files_never_stop_a_scan(tmp_path: Path) -> None:
+    """Truncated, non-zip and empty files are skipped with a warning naming them, once;
+    an unsigned APK is reported with what can be read."""
+    root = tree(
+        tmp_path / "apks",
+        ["basic-v1.apk", "corrupt-truncated.apk", "not-a-zip.apk", "unsigned.apk"],
+    )
+    (root / "empty.apk").write_bytes(b"")
+    scanner = InventoryScanner(root, tmp_path / CACHE_FILE)
+    with capture_logs() as logs:
+        result = await scanner.scan()
+    assert sorted(a.package_name for a in result.apps) == [
+        "com.example.basic",
+        "com.example.unsigned",
+    ]
+    assert next(a for a in result.apps if a.package_name == "com.example.unsigned").cert_md5 == ""
+    warned = {
+        Path(e["path"]).name: e["reason"] for e in logs if e["event"] == "inventory.parse_failed"
+    }
+    assert warned == {
+        "corrupt-truncated.apk": "bad_zip",
+        "not-a-zip.apk": "bad_zip",
+        "empty.apk": "empty",
+    }
+    with capture_logs() as again:
+        assert (await scanner.scan()).skipped == 3
+    assert not [e for e in again if e["event"] == "inventory.parse_failed"]
+
+
+async def test_split_apks_are_one_app(tmp_path: Path) -> None:
+    """A folder with base.apk and split_*.apk is one app whose size is the sum."""
+    app = tmp_path / "apks" / "com.example.basic-1"
+    app.mkdir(parents=True)
+    shutil.copy(APKS / "basic-v1.apk", app / "base.apk")
+    shutil.copy(APKS / "nosdk.apk", app / "split_config.xxhdpi.apk")
+    result = await InventoryScanner(tmp_path / "apks", tmp_path / CACHE_FILE).scan()
+    assert [(a.package_name, a.app_size) for a in result.apps] == [
+        (
+            "com.example.basic",
+            (APKS / "basic-v1.apk").stat().st_size + (APKS / "nosdk.apk").stat().st_size,
+        )
+    ]
+
+
+async def test_many_changes_use_worker_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the threshold, parsing runs in a process pool and gives the same answers."""
+    monkeypatch.setattr(inventory, "PROCESS_POOL_THRESHOLD", 2)
+    root = tmp_path / "apks"
+    root.mkdir()
+    for i in range(6):
+        shutil.copy(APKS / ("basic-v2.apk" if i == 5 else "maxsdk.apk"), root / f"copy{i}.apk")
+    result = await InventoryScanner(root, tmp_path / CACHE_FILE).scan()
+    assert result.parsed == 6
+    assert sorted(a.package_name for a in result.apps) == [
+        "com.example.basic",
+        "com.example.maxsdk",
+    ]
+
+
+async def test_android_inventory_through_adb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pm list + pulled APKs + dumpsys times and data sizes; an APK version is pulled once."""
+    log = tmp_path / "adb.log"
+    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
+    platform = AndroidPlatform(
+        adb=str(FIXTURES / "adb" / "fake_adb.py"), state_dir=tmp_path / "state"
+    )
+    apps = {a.package_name: a for a in await platform.installed_apps()}
+    basic = apps["com.example.basic"]
+    assert (basic.version_code, basic.label, basic.cert_md5) == (
+        2,
+        "Basic App",
+        expected_apks()["basic-v2.apk"]["certMd5"],
+    )
+    assert basic.first_installed == 1704164645000 and basic.data_size == 4096
+    assert apps["com.android.settings"].version_code == 30
+    await platform.installed_apps()
+    assert log.read_text().count("pull ") == 2
+
+
+async def test_change_detection_one_report_each(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """Install, upgrade, remove: exactly one inventory report each; none when nothing changed."""
+    from agent.platforms.linux import LinuxPlatform
+
+    apks = tmp_path / "apks"
+    apks.mkdir()
+    agent, transport = make_agent(server.base, tmp_path / "state")
+    agent.platform = LinuxPlatform(
+        state_dir=tmp_path / "state", apk_dir=apks, facts={"hardware_info": {"serial_no": "S1"}}
+    )
+
+    async def reports() -> int:
+        transport.names.clear()
+        await agent.run_once()
+        return transport.names.count("apps")
+
+    assert await reports() == 1  # first inventory (server asks)
+    assert await reports() == 0
+    shutil.copy(APKS / "basic-v1.apk", apks / "basic.apk")
+    assert await reports() == 1
+    assert await reports() == 0
+    shutil.copy(APKS / "basic-v2.apk", apks / "basic.apk")
+    assert await reports() == 1
+    (apks / "basic.apk").unlink()
+    assert await reports() == 1
+    assert await reports() == 0
+    installed = (await admin.get("/ota/api/device/app/installed", serialNo="S1")).data
+    assert installed["apps"] == []
