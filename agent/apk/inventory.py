@@ -208,6 +208,8 @@ class InventoryScanner:
         workers = min(4, os.cpu_count() or 1)
         chunks = [paths[i::workers] for i in range(workers)]
         context = multiprocessing.get_context("forkserver")
+        # Workers fork from a server that imported androguard once (not once per worker).
+        context.set_forkserver_preload(["agent.apk.inventory", "androguard.core.apk"])
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             parts = await asyncio.gather(

@@ -14,6 +14,7 @@ Rules (see ../shared/android-notes.md):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 import zipfile
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.apk.arsc import resolve_string
 from agent.errors import ApkError
 
 
@@ -44,9 +46,15 @@ _androguard_quiet = False
 def _load_apk_class() -> Any:
     global _androguard_quiet
     if not _androguard_quiet:
+        from androguard.core import androconf
         from loguru import logger
 
         logger.disable("androguard")
+        # APK() reloads the AOSP permission tables (JSON) for every file: about half of the
+        # time of a small APK. They never change; load each (resource, api) once.
+        androconf.load_api_specific_resource_module = functools.lru_cache(maxsize=64)(
+            androconf.load_api_specific_resource_module
+        )
         _androguard_quiet = True
     from androguard.core.apk import APK
 
@@ -67,6 +75,24 @@ def _cert_md5(apk: Any) -> str:
 
 def _text(value: object) -> str:
     return "" if value is None else str(value)
+
+
+def _label(apk: Any) -> str:
+    """The application label: a literal, or a string resource resolved with the small ARSC
+    reader (agent.apk.arsc), else with androguard's full resource analysis."""
+    try:
+        raw = apk.get_attribute_value("application", "label")
+        if raw and raw.startswith("@") and ":" not in raw:
+            arsc = apk.get_file("resources.arsc")
+            if arsc:
+                found = resolve_string(arsc, int(raw[1:], 16))
+                if found:
+                    return found
+        elif raw and not raw.startswith("@"):
+            return str(raw)
+        return _text(apk.get_app_name())
+    except Exception:  # noqa: BLE001 - androguard's resource parser raises many types; label falls back
+        return ""
 
 
 def read_apk_metadata(path: Path) -> ApkMetadata:
@@ -108,10 +134,7 @@ def read_apk_metadata(path: Path) -> ApkMetadata:
         raise ApkError(
             f"{path.name}: versionCode {raw_code!r} is not an integer", reason="bad_manifest"
         ) from exc
-    try:
-        label = _text(apk.get_app_name())
-    except Exception:  # noqa: BLE001 - androguard's resource parser raises many types; label falls back
-        label = ""
+    label = _label(apk)
     if not label or label.startswith("@"):
         label = package
     return ApkMetadata(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.apk.metadata import read_apk_metadata
 from agent.errors import ApkError
@@ -80,3 +82,33 @@ def test_zip_without_manifest(tmp_path: Path) -> None:
     with pytest.raises(ApkError) as caught:
         read_apk_metadata(path)
     assert caught.value.reason == "no_manifest"
+
+
+def test_small_arsc_reader_agrees_with_androguard() -> None:
+    """The label found by agent.apk.arsc equals androguard's full resolution on every fixture."""
+    from loguru import logger
+
+    logger.disable("androguard")
+    from androguard.core.apk import APK
+
+    from agent.apk.arsc import resolve_string
+
+    checked = 0
+    for name in SIGNED:
+        apk = APK(str(APKS / name))
+        raw = apk.get_attribute_value("application", "label")
+        if raw and raw.startswith("@"):
+            assert (
+                resolve_string(apk.get_file("resources.arsc"), int(raw[1:], 16))
+                == apk.get_app_name()
+            )
+            checked += 1
+    assert checked >= 5
+
+
+@given(st.binary(max_size=400), st.integers(0, 2**32 - 1))
+def test_small_arsc_reader_never_raises(data: bytes, res_id: int) -> None:
+    """Garbage tables give None (the caller falls back), never an exception."""
+    from agent.apk.arsc import resolve_string
+
+    assert resolve_string(data, res_id) is None or isinstance(resolve_string(data, res_id), str)
