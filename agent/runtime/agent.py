@@ -7,6 +7,7 @@ queues the inventory when the server asks or its hash changed, flushes the outbo
 the server's interval with jitter; on errors it backs off (full jitter, honouring
 Retry-After). A `sync` or `wake` on the push channel cuts the sleep short. Device calls that
 meet 40100 (a revoked token) register again once and retry; they never save the device again.
+The inventory scan runs beside the check-ins: a long cold scan does not delay them.
 The same class runs on a rig and, thousands of times, in the simulator.
 """
 
@@ -37,7 +38,7 @@ from agent.errors import (
     TransportError,
     Unauthorized,
 )
-from agent.platforms.base import Platform, gather_facts
+from agent.platforms.base import AppRecord, Platform, gather_facts
 from agent.protocol import CheckinReply, Credentials, Request
 from agent.runtime.outbox import Outbox
 from agent.runtime.state import AgentState, StateStore
@@ -95,6 +96,9 @@ class Agent:
         if self.state.enrolled:
             self._enrolled.set()
         self._checkins = self._failures = self._events_sent = 0
+        self._scan: asyncio.Future[list[AppRecord]] | None = None
+        self._apps: list[AppRecord] | None = None
+        self.scan_wait_s: float | None = 5.0  # None: wait for the scan (run --once)
 
     # -- enrollment ---------------------------------------------------------------------------
 
@@ -154,15 +158,19 @@ class Agent:
     async def checkin(self) -> CheckinReply:
         await self.ensure_enrolled()
         facts = await gather_facts(self.platform)
-        apps = await self.platform.installed_apps()
-        current = inventory_hash(apps)
+        apps = await self._inventory()
+        current = inventory_hash(apps) if apps is not None else None
         body = checkin_body(facts, rtc_enabled=self.push_connected, inventory=current)
         started = self.clock.monotonic()
         reply = protocol.parse_checkin_reply(
             await self.call(lambda creds: protocol.checkin(creds, body), "checkin")
         )
         self._checkins += 1
-        if reply.inventory_wanted or current != self.state.reported_inventory_hash:
+        if (
+            apps is not None
+            and current is not None
+            and (reply.inventory_wanted or current != self.state.reported_inventory_hash)
+        ):
             self.outbox.put_inventory(
                 {"category": "all", "apps": [a.to_json() for a in apps], "inventoryHash": current}
             )
@@ -178,6 +186,21 @@ class Agent:
             ms=round((self.clock.monotonic() - started) * 1000, 1),
         )
         return reply
+
+    async def _inventory(self) -> list[AppRecord] | None:
+        """The installed apps, from a scan that never holds a check-in up for long.
+
+        A scan still running after `scan_wait_s` keeps running (owned by the agent, awaited by
+        the next check-in, cancelled at stop); meanwhile check-ins carry the last completed
+        inventory, or none before the first scan completes.
+        """
+        if self._scan is None:
+            self._scan = asyncio.ensure_future(self.platform.installed_apps())
+        done, _ = await asyncio.wait({self._scan}, timeout=self.scan_wait_s)
+        if self._scan in done:
+            scan, self._scan = self._scan, None
+            self._apps = scan.result()  # a platform error surfaces here, once
+        return self._apps
 
     def queue_event(self, event: dict[str, Any]) -> str:
         """Write an event to the outbox (sent by the next flush); returns its id."""
@@ -210,8 +233,12 @@ class Agent:
             self._events_sent += len(batch)
 
     async def run_once(self) -> None:
-        await self.checkin()
-        await self.flush()
+        wait, self.scan_wait_s = self.scan_wait_s, None  # once: report the whole inventory
+        try:
+            await self.checkin()
+            await self.flush()
+        finally:
+            self.scan_wait_s = wait
 
     # -- running for weeks --------------------------------------------------------------------
 
@@ -224,6 +251,10 @@ class Agent:
                 group.create_task(self._until(stop), name="stop")
         except* StopRequested:
             pass
+        if self._scan is not None:
+            self._scan.cancel()
+            await asyncio.gather(self._scan, return_exceptions=True)
+            self._scan = None
         with suppress(AgentError, TimeoutError):
             async with asyncio.timeout(self.config.request_timeout_s):
                 await self.flush()

@@ -189,3 +189,34 @@ async def test_change_detection_one_report_each(
     assert await reports() == 0
     installed = (await admin.get("/ota/api/device/app/installed", serialNo="S1")).data
     assert installed["apps"] == []
+
+
+async def test_a_slow_scan_does_not_hold_check_ins(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """While a long scan runs, check-ins go out without an inventory; the next one reports it."""
+    import asyncio
+
+    from agent.platforms.base import AppRecord, HardwareInfo
+    from agent.platforms.simulated import SimulatedPlatform
+
+    release = asyncio.Event()
+
+    class SlowScan(SimulatedPlatform):
+        async def installed_apps(self) -> list[AppRecord]:
+            await release.wait()
+            return [AppRecord(package_name="com.slow", version_code=1)]
+
+    agent, transport = make_agent(
+        server.base, tmp_path / "state", platform=SlowScan(HardwareInfo(serial_no="S1"))
+    )
+    agent.scan_wait_s = 0.05
+    await agent.checkin()
+    await agent.flush()
+    assert "apps" not in transport.names
+    release.set()
+    await agent.checkin()
+    await agent.flush()
+    assert transport.names.count("apps") == 1
+    installed = (await admin.get("/ota/api/device/app/installed", serialNo="S1")).data
+    assert [a["packageName"] for a in installed["apps"]] == ["com.slow"]
