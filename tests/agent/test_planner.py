@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.core.planner import Conditions, ProfileProgress, Reason, plan
+from agent.core.planner import Conditions, ProfileProgress, plan
 from agent.core.schedule import current_occurrence, minutes_until_open
 
 NOW = 1_790_000_000_000  # 2026-09-21T14:13:20Z
@@ -164,7 +164,7 @@ def test_consent_follows_silent_install() -> None:
 
 
 def test_completed_and_failed_items() -> None:
-    """All items done: the profile is completed; a failed item is not retried in the same version."""
+    """All items done: the profile is completed; a failed item waits for a new version."""
     result = plan([("P", 1, profile())], AWAKE, done("app:A1", "ota", "settings"), NOW)
     assert result.completed == ("P",) and not result.actions
     failed = {
