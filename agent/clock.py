@@ -23,8 +23,15 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def utc_offset_minutes(self) -> int:
+        """The device's local time offset, for daily windows."""
+        ...
+
 
 class SystemClock:
+    def utc_offset_minutes(self) -> int:
+        return (time.localtime().tm_gmtoff or 0) // 60
+
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
@@ -37,6 +44,9 @@ class SystemClock:
 
 class ScaledClock:
     """Time that runs `rate` times faster than real time, from `start_ms`."""
+
+    def utc_offset_minutes(self) -> int:
+        return 0
 
     def __init__(self, rate: float, start_ms: int | None = None) -> None:
         if rate <= 0:
@@ -57,6 +67,9 @@ class ScaledClock:
 
 class FakeClock:
     """Deterministic time for tests: `advance()` moves it and wakes the sleepers that are due."""
+
+    def utc_offset_minutes(self) -> int:
+        return 0
 
     def __init__(self, start_ms: int = 1_790_000_000_000) -> None:
         self._now = start_ms / 1000

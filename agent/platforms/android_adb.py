@@ -308,5 +308,12 @@ class AndroidPlatform:
     async def wake(self) -> None:
         await self._shell("input", "keyevent", "KEYCODE_WAKEUP")
 
+    async def consent(self, what: str) -> bool:
+        """Non-silent installs on a test rig: consent is assumed (pm install is used)."""
+        return True
+
+    async def launch(self, package: str) -> None:
+        await self._shell("monkey", "-p", package, "-c", "android.intent.category.LAUNCHER", "1")
+
     async def reboot(self) -> None:
         await self._shell("reboot")

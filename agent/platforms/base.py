@@ -141,6 +141,14 @@ class Platform(Protocol):
         """Bring a sleeping device to life (a `wake` on the push channel)."""
         ...
 
+    async def consent(self, what: str) -> bool:
+        """Ask the user before a non-silent install; True when it may go ahead."""
+        ...
+
+    async def launch(self, package: str) -> None:
+        """Start an app (`starts_on_update`)."""
+        ...
+
 
 async def gather_facts(platform: Platform) -> DeviceFacts:
     return DeviceFacts(

@@ -192,6 +192,13 @@ class LinuxPlatform:
     async def wake(self) -> None:
         """Rigs do not sleep; nothing to do."""
 
+    async def consent(self, what: str) -> bool:
+        """A rig has nobody to ask: consent is given."""
+        return True
+
+    async def launch(self, package: str) -> None:
+        log.info("linux.launch", package=package)
+
     async def reboot(self) -> None:
         pending = _read(self.slots / "pending")
         if pending:

@@ -5,6 +5,7 @@ No filesystem, no subprocess, no androguard: thousands of these live in one proc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,13 @@ class SimulatedPlatform:
         self.is_sleeping = False
         self.settings: dict[str, Any] = {}
         self.staged_ota: Path | None = None
+        self.staged_build: tuple[str, int | None] | None = None
         self.reboots = 0
+        self.consents = True
+        self.launched: list[str] = []
+        self.granted: dict[str, bool] = {}
+        self.boot_fails = False  # the next boot into a new build fails (rollback tests)
+        self.on_change: Callable[[], None] | None = None
 
     async def hardware(self) -> HardwareInfo:
         return self._hardware
@@ -56,8 +63,13 @@ class SimulatedPlatform:
         return list(self.apps.values())
 
     async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
-        package = apk.stem
-        self.apps[package] = AppRecord(package_name=package)
+        from agent.apk.metadata import read_apk_metadata  # lazy: only when an app is installed
+
+        meta = read_apk_metadata(apk)
+        self.apps[meta.package_name] = AppRecord(
+            package_name=meta.package_name, version_code=meta.version_code, label=meta.label,
+            version_name=meta.version_name, cert_md5=meta.cert_md5, app_size=meta.size)
+        self.granted[meta.package_name] = grant_all
 
     async def uninstall_app(self, package: str) -> None:
         self.apps.pop(package, None)
@@ -66,11 +78,31 @@ class SimulatedPlatform:
         self.settings.update(settings)
 
     async def apply_ota(self, package: Path, *, ab_update: bool) -> None:
+        from agent.ota.metadata import read_ota_metadata  # zipfile only, no androguard
+
+        meta = read_ota_metadata(package)
         self.staged_ota = package
+        self.staged_build = (meta.post_build, meta.post_timestamp)
 
     async def wake(self) -> None:
         self.is_sleeping = False
 
+    async def consent(self, what: str) -> bool:
+        return self.consents
+
+    async def launch(self, package: str) -> None:
+        self.launched.append(package)
+
+    def set_power(self, *, ac: bool) -> None:
+        """The simulator (or a test) plugs or unplugs AC; the agent hears of it at once."""
+        self.ac = ac
+        if self.on_change is not None:
+            self.on_change()
+
     async def reboot(self) -> None:
         self.reboots += 1
         self.is_sleeping = False
+        if self.staged_build is not None and not self.boot_fails:
+            fingerprint, date = self.staged_build
+            self.set_build(fingerprint=fingerprint, build_date=date)
+        self.staged_build = None

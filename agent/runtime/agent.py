@@ -41,11 +41,13 @@ from agent.errors import (
 from agent.platforms.base import AppRecord, Platform, gather_facts
 from agent.protocol import CheckinReply, Credentials, Request
 from agent.runtime.outbox import Outbox
+from agent.runtime.profiles import ProfileRunner
 from agent.runtime.state import AgentState, StateStore
 from agent.transport.base import Transport
 
 log = structlog.get_logger("agent")
 EVENT_BATCH = 100
+RECHECK_S = 15.0
 
 
 class StopRequested(Exception):
@@ -99,10 +101,13 @@ class Agent:
         self._scan: asyncio.Future[list[AppRecord]] | None = None
         self._apps: list[AppRecord] | None = None
         self.scan_wait_s: float | None = 5.0  # None: wait for the scan (run --once)
+        self.profiles = ProfileRunner(self)
+        if hasattr(platform, "on_change"):  # platforms that announce changes (AC, sleep)
+            platform.on_change = self._nudge.set
 
     # -- enrollment ---------------------------------------------------------------------------
 
-    def _creds(self) -> Credentials:
+    def creds(self) -> Credentials:
         return Credentials(api_key=self.config.api_key, device_token=self.state.token or None)
 
     async def ensure_enrolled(self) -> None:
@@ -114,7 +119,7 @@ class Agent:
             if self.config.admin_email
             else None
         )
-        flow = enrollment(self._creds(), hardware.serial_no, hardware.to_json(), admin)
+        flow = enrollment(self.creds(), hardware.serial_no, hardware.to_json(), admin)
         try:
             registration = await drive(flow, self.transport.send)
         except NotFound as exc:
@@ -144,14 +149,14 @@ class Agent:
         """A device call; a rejected token (40100) registers again once and retries."""
         await self.ensure_enrolled()
         try:
-            return protocol.decode(await self.transport.send(build(self._creds())), what)
+            return protocol.decode(await self.transport.send(build(self.creds())), what)
         except Unauthorized:
             log.warning("agent.token_rejected", device=self.state.device_uuid, call=what)
             self.state.token = ""
             self._enrolled.clear()
             self.state_store.save(self.state)
             await self.ensure_enrolled()
-            return protocol.decode(await self.transport.send(build(self._creds())), what)
+            return protocol.decode(await self.transport.send(build(self.creds())), what)
 
     # -- one cycle ----------------------------------------------------------------------------
 
@@ -232,11 +237,19 @@ class Agent:
             self.outbox.ack(batch)
             self._events_sent += len(batch)
 
+    async def cycle(self) -> CheckinReply:
+        """Check in, report, apply what is due, report again."""
+        reply = await self.checkin()
+        await self.flush()
+        await self.profiles.refresh([(p.uuid, p.updated) for p in reply.profiles])
+        await self.profiles.apply()
+        await self.flush()
+        return reply
+
     async def run_once(self) -> None:
         wait, self.scan_wait_s = self.scan_wait_s, None  # once: report the whole inventory
         try:
-            await self.checkin()
-            await self.flush()
+            await self.cycle()
         finally:
             self.scan_wait_s = wait
 
@@ -270,8 +283,7 @@ class Agent:
         attempt = 0
         while True:
             try:
-                reply = await self.checkin()
-                await self.flush()
+                reply = await self.cycle()
             except (TransportError, ProtocolError, ApiError, PlatformError) as exc:
                 attempt += 1
                 self._failures += 1
@@ -288,7 +300,16 @@ class Agent:
             else:
                 attempt = 0
                 delay = with_jitter(reply.next_checkin_s, self.rng)
+                delay = min(delay, self._recheck_delay())
             await self._sleep_or_nudge(delay)
+
+    def _recheck_delay(self) -> float:
+        """Deferred work is looked at again soon: when its time comes, or every 15 s for
+        conditions (AC, sleep, network) that a platform does not announce."""
+        waits = [
+            d.retry_in_s if d.retry_in_s is not None else RECHECK_S for d in self.profiles.deferrals
+        ]
+        return max(1.0, min(waits)) if waits else float("inf")
 
     async def _sleep_or_nudge(self, seconds: float) -> None:
         """Sleep `seconds` on the agent's clock, or less if the push channel nudges."""
@@ -306,7 +327,7 @@ class Agent:
         attempt = 0
         while True:
             await self._enrolled.wait()
-            headers = protocol.device_headers(self._creds())
+            headers = protocol.device_headers(self.creds())
             try:
                 async with self.transport.open_push(protocol.PUSH, headers) as channel:
                     self.push_connected = True

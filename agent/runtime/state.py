@@ -29,6 +29,8 @@ class AgentState:
     next_checkin_s: float | None = None
     reported_inventory_hash: str = ""
     profiles: list[dict[str, Any]] = field(default_factory=list)
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)  # per profile, persisted
+    pending_boot: dict[str, Any] = field(default_factory=dict)  # an image waiting for its boot
 
     @property
     def enrolled(self) -> bool:

@@ -7,6 +7,7 @@ thousands of agents). TLS: verification is on by default; `ca_bundle` adds a CA 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -20,7 +21,7 @@ import aiohttp
 
 from agent.errors import ConfigError, PushClosed, TransportError
 from agent.protocol import Request, Response
-from agent.transport.base import Observer, no_observer
+from agent.transport.base import Download, Observer, no_observer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +136,42 @@ class AiohttpTransport:
             self.observer(
                 request.name or request.path, started, time.monotonic() - started, status, error
             )
+
+    async def download(
+        self, path: str, headers: Mapping[str, str], target: Path, offset: int
+    ) -> Download:
+        started = time.monotonic()
+        status, error = 0, None
+        request_headers = dict(headers)
+        if offset > 0:
+            request_headers["Range"] = f"bytes={offset}-"
+        timeout = aiohttp.ClientTimeout(
+            sock_read=self.timeout.total, sock_connect=self.timeout.total
+        )
+        try:
+            async with self.session().get(
+                self.base_url + path, headers=request_headers, timeout=timeout, ssl=self.ssl
+            ) as answer:
+                status = answer.status
+                if answer.status in (200, 206):
+                    mode = "ab" if answer.status == 206 else "wb"
+                    handle = await asyncio.to_thread(target.open, mode)
+                    try:
+                        async for chunk in answer.content.iter_chunked(256 * 1024):
+                            await asyncio.to_thread(handle.write, chunk)
+                    finally:
+                        await asyncio.to_thread(handle.close)
+                else:
+                    await answer.read()
+                return Download(status=answer.status, headers=dict(answer.headers))
+        except TimeoutError as exc:
+            error = "timeout"
+            raise TransportError(f"download {path}: stalled for {self.timeout.total:g} s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            error = type(exc).__name__
+            raise TransportError(f"download {path}: interrupted ({exc})") from exc
+        finally:
+            self.observer("download", started, time.monotonic() - started, status, error)
 
     @asynccontextmanager
     async def open_push(self, path: str, headers: Mapping[str, str]) -> AsyncIterator[AiohttpPush]:
