@@ -312,6 +312,9 @@ class AndroidPlatform:
         """Non-silent installs on a test rig: consent is assumed (pm install is used)."""
         return True
 
+    async def rollback(self) -> None:
+        """update_engine falls back to the previous slot by itself when a boot fails."""
+
     async def launch(self, package: str) -> None:
         await self._shell("monkey", "-p", package, "-c", "android.intent.category.LAUNCHER", "1")
 

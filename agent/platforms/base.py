@@ -149,6 +149,10 @@ class Platform(Protocol):
         """Start an app (`starts_on_update`)."""
         ...
 
+    async def rollback(self) -> None:
+        """The new build did not come up: make the previous slot the active one again."""
+        ...
+
 
 async def gather_facts(platform: Platform) -> DeviceFacts:
     return DeviceFacts(

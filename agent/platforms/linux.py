@@ -199,8 +199,14 @@ class LinuxPlatform:
     async def launch(self, package: str) -> None:
         log.info("linux.launch", package=package)
 
+    async def rollback(self) -> None:
+        previous = _read(self.slots / "previous")
+        if previous:
+            write_atomic(self.slots / "active", previous.encode(), mode=0o644)
+
     async def reboot(self) -> None:
         pending = _read(self.slots / "pending")
         if pending:
+            write_atomic(self.slots / "previous", self._active_slot().encode(), mode=0o644)
             write_atomic(self.slots / "active", pending.encode(), mode=0o644)
             (self.slots / "pending").unlink(missing_ok=True)

@@ -38,6 +38,7 @@ class SimulatedPlatform:
         self.consents = True
         self.launched: list[str] = []
         self.granted: dict[str, bool] = {}
+        self.rollbacks = 0
         self.boot_fails = False  # the next boot into a new build fails (rollback tests)
         self.on_change: Callable[[], None] | None = None
 
@@ -67,8 +68,13 @@ class SimulatedPlatform:
 
         meta = read_apk_metadata(apk)
         self.apps[meta.package_name] = AppRecord(
-            package_name=meta.package_name, version_code=meta.version_code, label=meta.label,
-            version_name=meta.version_name, cert_md5=meta.cert_md5, app_size=meta.size)
+            package_name=meta.package_name,
+            version_code=meta.version_code,
+            label=meta.label,
+            version_name=meta.version_name,
+            cert_md5=meta.cert_md5,
+            app_size=meta.size,
+        )
         self.granted[meta.package_name] = grant_all
 
     async def uninstall_app(self, package: str) -> None:
@@ -92,6 +98,9 @@ class SimulatedPlatform:
 
     async def launch(self, package: str) -> None:
         self.launched.append(package)
+
+    async def rollback(self) -> None:
+        self.rollbacks += 1
 
     def set_power(self, *, ac: bool) -> None:
         """The simulator (or a test) plugs or unplugs AC; the agent hears of it at once."""

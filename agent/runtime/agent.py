@@ -48,6 +48,7 @@ from agent.transport.base import Transport
 log = structlog.get_logger("agent")
 EVENT_BATCH = 100
 RECHECK_S = 15.0
+MAX_STEPS = 8  # image steps (a partial chain) applied in one cycle at most
 
 
 class StopRequested(Exception):
@@ -238,12 +239,16 @@ class Agent:
             self._events_sent += len(batch)
 
     async def cycle(self) -> CheckinReply:
-        """Check in, report, apply what is due, report again."""
-        reply = await self.checkin()
-        await self.flush()
-        await self.profiles.refresh([(p.uuid, p.updated) for p in reply.profiles])
-        await self.profiles.apply()
-        await self.flush()
+        """Check in, report, apply what is due, report again; after a new image runs, check in
+        again (the server feeds by the reported build), a bounded number of times."""
+        for _ in range(MAX_STEPS):
+            reply = await self.checkin()
+            await self.flush()
+            await self.profiles.refresh([(p.uuid, p.updated) for p in reply.profiles])
+            await self.profiles.apply()
+            await self.flush()
+            if not self.profiles.checkin_needed:
+                break
         return reply
 
     async def run_once(self) -> None:

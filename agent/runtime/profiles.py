@@ -48,6 +48,7 @@ class ProfileRunner:
         self.order: list[str] = []
         self.deferrals: tuple[Deferral, ...] = ()
         self._reported_deferrals: set[tuple[str, str, str]] = set()
+        self.checkin_needed = False  # a new build runs: the server must hear of it first
 
     @property
     def downloads(self) -> Path:
@@ -102,6 +103,7 @@ class ProfileRunner:
     async def apply(self, online: bool = True) -> Plan:
         """Plan and act until nothing more can be done now; returns the last plan."""
         await self.confirm_boot()
+        self.checkin_needed = False
         result = Plan()
         for _ in range(MAX_ROUNDS):
             profiles = [(u, self.docs[u][0], self.docs[u][1]) for u in self.order]
@@ -121,8 +123,8 @@ class ProfileRunner:
                 break
             for action in result.actions:
                 await self._act(action)
-                if self.agent.state.pending_boot:
-                    return result  # rebooted into a new image: confirm before anything else
+                if self.checkin_needed:
+                    return result  # a new build: check in before the feed is asked again
         self.deferrals = result.deferrals
         return result
 
@@ -310,7 +312,9 @@ class ProfileRunner:
         if build.fingerprint == pending["expected"]:
             self._event(profile, "ota", target, "installed", build=build.fingerprint)
             items["ota"] = "stepped"  # ask the feed again: a chain may have more steps
+            self.checkin_needed = True
         else:
+            await self.agent.platform.rollback()
             self._event(profile, "ota", target, "failed", "rollback", build=build.fingerprint)
             items["ota"] = "failed"
         self.agent.state_store.save(self.agent.state)
