@@ -317,8 +317,11 @@ class Agent:
         return max(1.0, min(waits)) if waits else float("inf")
 
     async def _sleep_or_nudge(self, seconds: float) -> None:
-        """Sleep `seconds` on the agent's clock, or less if the push channel nudges."""
-        self._nudge.clear()
+        """Sleep `seconds` on the agent's clock, or less if something nudges (a push message
+        or a platform event); a nudge that came while the cycle ran is not lost."""
+        if self._nudge.is_set():
+            self._nudge.clear()
+            return
         sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
         nudged = asyncio.ensure_future(self._nudge.wait())
         try:
@@ -327,6 +330,7 @@ class Agent:
             for task in (sleeper, nudged):
                 task.cancel()
             await asyncio.gather(sleeper, nudged, return_exceptions=True)
+            self._nudge.clear()
 
     async def _push_loop(self) -> None:
         attempt = 0

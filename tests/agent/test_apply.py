@@ -335,3 +335,44 @@ async def test_wake_to_apply_while_sleeping(server: Server, admin: Client, tmp_p
     finally:
         stop.set()
         await asyncio.wait_for(runner, 10)
+
+
+async def test_consent_is_asked_for_non_silent_installs(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """silent_install false: without the user's consent the app waits (deferred, consent)."""
+    app = (await admin.upload_apk("basic-v1.apk")).data["fileUuid"]
+    await profile(admin, {"apps": {"install": [{"uuid": app, "silent_install": False}]}})
+    platform = sim()
+    platform.consents = False
+    agent, _ = agent_for(server, tmp_path, platform)
+    await agent.run_once()
+    assert ("app", "deferred", "consent") in events(server) and not platform.apps
+    platform.consents = True
+    await agent.run_once()
+    assert platform.apps["com.example.basic"].version_code == 1
+
+
+async def test_restart_after_install_confirms_the_boot(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """A crash between installing an image and confirming it: the next start confirms the
+    build and reports it, without installing again."""
+    image = await upload_image(admin, FP2, 1800000000)
+    uuid = await profile(admin, {"otas": [image]})
+    platform = sim()
+    agent, _ = agent_for(server, tmp_path, platform)
+    await agent.ensure_enrolled()
+    agent.state.progress[uuid] = {
+        "updated": 0,
+        "occurrence": 0,
+        "items": {"ota": "installing"},
+        "reported": "",
+    }
+    agent.state.pending_boot = {"profile": uuid, "target": image, "expected": FP2, "previous": FP1}
+    agent.state_store.save(agent.state)
+    platform.set_build(fingerprint=FP2, build_date=1800000000)  # the boot came up on the image
+    restarted, transport = agent_for(server, tmp_path, platform)
+    await restarted.run_once()
+    assert ("ota", "installed", "") in events(server)
+    assert platform.reboots == 0 and "download" not in transport.names
