@@ -51,6 +51,14 @@ RECHECK_S = 15.0
 MAX_STEPS = 8  # image steps (a partial chain) applied in one cycle at most
 
 
+def _first(group: BaseExceptionGroup[AgentError]) -> AgentError:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, AgentError)
+    return leaf
+
+
 class StopRequested(Exception):
     """Raised inside the TaskGroup to end the loops."""
 
@@ -269,6 +277,8 @@ class Agent:
                 group.create_task(self._until(stop), name="stop")
         except* StopRequested:
             pass
+        except* AgentError as group:  # e.g. the state dir became unwritable: end with its message
+            raise _first(group) from None
         if self._scan is not None:
             self._scan.cancel()
             await asyncio.gather(self._scan, return_exceptions=True)

@@ -338,3 +338,19 @@ async def test_wake_on_the_push_channel_wakes_the_device(
     finally:
         stop.set()
         await asyncio.wait_for(runner, 10)
+
+
+async def test_state_failure_ends_the_run_with_its_message(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """If the state dir stops being writable, run() ends with a StateError, not a task group."""
+    from agent.errors import StateError
+
+    agent, _ = make_agent(server.base, tmp_path / "state")
+
+    def broken(state: object) -> None:
+        raise StateError("cannot write state.json: No space left on device")
+
+    agent.state_store.save = broken  # type: ignore[assignment, method-assign]
+    with pytest.raises(StateError, match="No space left"):
+        await asyncio.wait_for(agent.run(asyncio.Event()), 30)
