@@ -351,6 +351,6 @@ async def test_state_failure_ends_the_run_with_its_message(
     def broken(state: object) -> None:
         raise StateError("cannot write state.json: No space left on device")
 
-    agent.state_store.save = broken  # type: ignore[assignment, method-assign]
+    agent.state_store.save = broken  # type: ignore[method-assign]
     with pytest.raises(StateError, match="No space left"):
         await asyncio.wait_for(agent.run(asyncio.Event()), 30)
