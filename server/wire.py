@@ -9,31 +9,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from server import BUILD
 from server.domain.presence import presence
+from server.domain.times import iso as iso_ms
 from server.errors import ApiError
 
 JSON_TYPE = "application/json"
 
 
 def iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def parse_iso(text: str) -> int:
-    """ISO-8601 (with `Z` or an offset) -> epoch ms; ValueError when unreadable."""
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return None if ms is None else iso_ms(ms)
 
 
 def dumps(value: Any) -> str:

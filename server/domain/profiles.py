@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from server.domain.times import iso, parse_iso
 from server.domain.validation import Fields, expect_object, join
 from server.errors import InvalidField
 
@@ -50,11 +51,6 @@ def default_name(now_ms: int) -> str:
     return datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y%m%d_%H:%M:%S")
 
 
-def _iso_ms(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
 def normalize_time(value: Any, path: str) -> str | None:
     if value is None or value == "":
         return None
@@ -63,24 +59,19 @@ def normalize_time(value: Any, path: str) -> str | None:
     if isinstance(value, int):
         if value < 0:
             raise InvalidField(f"{path}: must not be negative")
-        return _iso_ms(value)
+        return iso(value)
     if isinstance(value, str):
         try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return iso(parse_iso(value))
         except ValueError as exc:
             raise InvalidField(f"{path}: {value!r} is not an ISO-8601 time") from exc
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return _iso_ms(int(moment.timestamp() * 1000))
     raise InvalidField(f"{path}: must be an ISO-8601 time or epoch milliseconds")
 
 
 def time_ms(value: Any, path: str) -> int | None:
     """Like normalize_time, as epoch milliseconds."""
     text = normalize_time(value, path)
-    if text is None:
-        return None
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    return None if text is None else parse_iso(text)
 
 
 def _choice(fields: Fields, key: str, choices: tuple[str, ...]) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from server.domain.paging import PageRequest
+from server.domain.times import parse_iso
 from server.errors import InvalidField
-from server.wire import parse_iso
 
 Kind = Literal["str", "int", "bool", "before", "after"]
 
