@@ -7,6 +7,8 @@ wrong password, so that the response reveals nothing); tokens live `token_ttl_s`
 
 from __future__ import annotations
 
+import sqlite3
+
 from aiohttp import web
 
 from server.auth import hash_secret, new_secret, verify_password
@@ -36,8 +38,14 @@ async def login(request: web.Request) -> web.Response:
         if key_site.uuid != user["site_uuid"]:
             raise Unauthorized("wrong email or password")
     token = new_secret()
-    expires = c.clock.now_ms() + c.config.token_ttl_s * 1000
-    await c.db.write(sites.add_token, hash_secret(token), user["uuid"], user["site_uuid"], expires)
+    now = c.clock.now_ms()
+    expires = now + c.config.token_ttl_s * 1000
+
+    def write(conn: sqlite3.Connection) -> None:
+        sites.purge_expired_tokens(conn, now)  # expired tokens are of no use: drop them here
+        sites.add_token(conn, hash_secret(token), user["uuid"], user["site_uuid"], expires)
+
+    await c.db.write(write)
     return ok({"access_token": token, "token_type": "Bearer", "expires_in": c.config.token_ttl_s})
 
 

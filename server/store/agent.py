@@ -66,8 +66,7 @@ def device_row(conn: sqlite3.Connection, device_uuid: str) -> sqlite3.Row | None
 def write_checkins(conn: sqlite3.Connection, writes: Sequence[CheckinWrite]) -> None:
     conn.executemany(
         "UPDATE devices SET last_checked_in = ?, enrolled = COALESCE(enrolled, ?), "
-        "client_version = ?, sleeping = ?, interval_s = ?, report = ?, "
-        "state = CASE WHEN ? THEN 'standby' ELSE 'online' END WHERE uuid = ?",
+        "client_version = ?, sleeping = ?, interval_s = ?, report = ? WHERE uuid = ?",
         [
             (
                 w.at,
@@ -76,7 +75,6 @@ def write_checkins(conn: sqlite3.Connection, writes: Sequence[CheckinWrite]) -> 
                 int(w.sleeping),
                 w.interval_s,
                 w.report,
-                int(w.sleeping),
                 w.device_uuid,
             )
             for w in writes

@@ -11,7 +11,7 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 
-from server.domain.devices import DeviceInput, HardwareInfo
+from server.domain.devices import DeviceInput
 from server.domain.paging import PageRequest
 from server.domain.presence import presence_sql
 from server.errors import InvalidField
@@ -186,15 +186,6 @@ def find_page(
         filters={**FILTERS, "states.state": FilterSpec(state)},
         sortable={**SORTABLE, "states.state": state},
         default_sort="created",
-    )
-
-
-def hardware_of(row: sqlite3.Row) -> HardwareInfo:
-    return HardwareInfo(
-        serial_no=row["serial_no"],
-        manufacturer=row["manufacturer"],
-        brand=row["brand"],
-        model=row["model"],
     )
 
 
