@@ -138,8 +138,12 @@ FLAG_NAMES = (
 def make_platform(config: AgentConfig) -> Platform:
     facts = load_facts(config.facts) if config.facts else {}
     if config.platform == "linux":
+        from agent.apk.inventory import folder_problem
         from agent.platforms.linux import LinuxPlatform
 
+        # A typo must not become an empty inventory that the server stores.
+        if config.apk_dir is not None and (problem := folder_problem(config.apk_dir)):
+            raise ConfigError(f"--apk-dir {config.apk_dir}: no such folder ({problem})")
         return LinuxPlatform(
             state_dir=config.state_dir,
             apk_dir=config.apk_dir,

@@ -8,6 +8,10 @@ small process pool when many changed. A file that cannot be parsed never stops a
 skipped with a structured warning naming the file and the reason (and remembered, so it is not
 parsed again until it changes). The cache (`inventory-cache.json` in the state dir) survives
 restarts; a corrupt cache is discarded with a warning.
+
+A tree that cannot be listed (missing, a file, permission denied, removed or unmounted during
+the scan) fails the scan with PlatformError: an unreadable source is never an empty inventory,
+so the last inventory reported stands.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from agent.errors import PlatformError
 from agent.platforms.base import AppRecord
 from agent.runtime.files import write_atomic
 
@@ -66,12 +71,38 @@ class AppFiles:
     splits: tuple[Path, ...] = ()
 
 
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def folder_problem(root: Path) -> str | None:
+    """Why `root` cannot be listed as a folder ("not found", "it is a file", ...), or None."""
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except FileNotFoundError:
+        return "not found"
+    except NotADirectoryError:
+        return "it is a file" if root.exists() else "not a directory"
+    except OSError as exc:
+        return _reason(exc)
+    return None
+
+
 def find_apps(root: Path) -> list[AppFiles]:
-    """Every app under `root`: folders with base.apk (plus splits), and other *.apk files."""
+    """Every app under `root`: folders with base.apk (plus splits), and other *.apk files.
+
+    Raises OSError when `root` or a folder in it cannot be listed (a sub-folder removed while
+    walking is an uninstalled app, not an error): a partial listing would report apps as gone.
+    """
     apps: list[AppFiles] = []
-    if not root.is_dir():
-        return apps
-    for folder, dirs, files in os.walk(root):
+
+    def fail(exc: OSError) -> None:
+        if isinstance(exc, FileNotFoundError) and exc.filename and Path(exc.filename) != root:
+            return
+        raise exc
+
+    for folder, dirs, files in os.walk(root, onerror=fail):
         dirs.sort()
         here = Path(folder)
         apks = sorted(f for f in files if f.endswith(".apk"))
@@ -85,6 +116,17 @@ def find_apps(root: Path) -> list[AppFiles]:
     return apps
 
 
+def _unreadable(root: Path | None, path: Path, problem: str) -> PlatformError:
+    """The error (and one warning) for a scan that cannot see the whole tree."""
+    log.warning("inventory.source_unreadable", path=str(path), reason=problem)
+    what = (
+        f"--apk-dir {root}: no such folder ({problem})"
+        if path == root
+        else f"{path}: cannot read ({problem})"
+    )
+    return PlatformError(f"{what}; the last inventory reported stands")
+
+
 def file_key(stat: os.stat_result) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
@@ -95,7 +137,7 @@ def stat_all(apps: Iterable[AppFiles]) -> dict[Path, os.stat_result | None]:
         for path in (app.base, *app.splits):
             try:
                 found[path] = path.stat()
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 found[path] = None  # vanished between listing and stat: not installed
     return found
 
@@ -169,15 +211,27 @@ class InventoryScanner:
         self.parsed_total = 0
 
     async def scan(self) -> ScanResult:
-        """Scan the tree under `root`."""
+        """Scan the tree under `root`; PlatformError when it cannot be listed."""
         if self.root is None:
             return ScanResult([], 0, 0)
-        return await self.scan_files(await asyncio.to_thread(find_apps, self.root))
+        try:
+            apps = await asyncio.to_thread(find_apps, self.root)
+        except OSError as exc:
+            if problem := folder_problem(self.root):
+                raise _unreadable(self.root, self.root, problem) from exc
+            raise _unreadable(self.root, Path(exc.filename or self.root), _reason(exc)) from exc
+        return await self.scan_files(apps, root=self.root)
 
-    async def scan_files(self, apps: list[AppFiles]) -> ScanResult:
-        """Scan the given apps (Android lists them with pm instead of a folder walk)."""
+    async def scan_files(self, apps: list[AppFiles], *, root: Path | None = None) -> ScanResult:
+        """Scan the given apps (Android lists them with pm instead of a folder walk); with
+        `root`, the folder they were listed from must still be there after the stats."""
         async with self._lock:  # one scan at a time; check-ins keep running meanwhile
-            stats = await asyncio.to_thread(stat_all, apps)
+            try:
+                stats = await asyncio.to_thread(stat_all, apps)
+            except OSError as exc:
+                raise _unreadable(root, Path(exc.filename or "?"), _reason(exc)) from exc
+            if root is not None and (problem := await asyncio.to_thread(folder_problem, root)):
+                raise _unreadable(root, root, problem)  # removed or unmounted while scanning
             todo = [
                 p
                 for p, s in stats.items()

@@ -46,6 +46,7 @@ def facts_file(tmp_path: Path, serial: str = "RIG-7") -> Path:
 
 
 def common(server: Server, tmp_path: Path) -> list[str]:
+    (tmp_path / "apks").mkdir(exist_ok=True)  # a missing --apk-dir is an error (exit 2)
     return [
         "--server",
         server.base,

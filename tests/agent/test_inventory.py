@@ -3,17 +3,22 @@ APKs, Android through adb, and change detection (one report per install/upgrade/
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from agent.apk import inventory
 from agent.apk.inventory import CACHE_FILE, InventoryScanner
+from agent.errors import PlatformError
 from agent.platforms.android_adb import AndroidPlatform
-from tests.agent.agent_harness import make_agent
+from agent.runtime.agent import Agent
+from tests.agent.agent_harness import RecordingTransport, make_agent
 from tests.helpers import APKS, FIXTURES, Client, Server, expected_apks
 
 SIGNED = ["basic-v1.apk", "maxsdk.apk", "nolabel.apk", "nosdk.apk", "v1only.apk"]
@@ -220,3 +225,143 @@ async def test_a_slow_scan_does_not_hold_check_ins(
     assert transport.names.count("apps") == 1
     installed = (await admin.get("/ota/api/device/app/installed", serialNo="S1")).data
     assert [a["packageName"] for a in installed["apps"]] == ["com.slow"]
+
+
+# -- item 5: an unreadable APK folder never becomes an empty inventory ----------------------------
+
+
+def _agent_on(server: Server, tmp_path: Path, apks: Path) -> tuple[Agent, RecordingTransport]:
+    from agent.platforms.linux import LinuxPlatform
+
+    agent, transport = make_agent(server.base, tmp_path / "state")
+    agent.platform = LinuxPlatform(
+        state_dir=tmp_path / "state", apk_dir=apks, facts={"hardware_info": {"serial_no": "S1"}}
+    )
+    return agent, transport
+
+
+@pytest.mark.parametrize("gone", ["removed", "replaced_by_a_file"])
+async def test_apk_dir_gone_after_enrollment_sends_no_inventory(
+    server: Server, admin: Client, tmp_path: Path, gone: str
+) -> None:
+    """The folder vanishes (unmounted, removed, a file in its place) after a good report: the
+    scan fails with an error naming --apk-dir, no inventory is sent, the server keeps the last
+    good one; when the folder is back, the agent reports normally again."""
+    apks = tree(tmp_path / "apks", ["basic-v1.apk"])
+    agent, transport = _agent_on(server, tmp_path, apks)
+    await agent.run_once()
+    assert transport.names.count("apps") == 1
+    shutil.rmtree(apks)
+    if gone == "replaced_by_a_file":
+        apks.write_text("not a folder")
+    transport.names.clear()
+    with capture_logs() as logs, pytest.raises(PlatformError) as caught:
+        await agent.run_once()
+    assert f"--apk-dir {apks}: no such folder" in str(caught.value)
+    assert "apps" not in transport.names
+    assert any(e["event"] == "inventory.source_unreadable" for e in logs)
+    installed = (await admin.get("/ota/api/device/app/installed", serialNo="S1")).data
+    assert [a["packageName"] for a in installed["apps"]] == ["com.example.basic"]
+    apks.unlink(missing_ok=True)
+    tree(apks, ["maxsdk.apk"])
+    transport.names.clear()
+    await agent.run_once()
+    assert transport.names.count("apps") == 1
+    installed = (await admin.get("/ota/api/device/app/installed", serialNo="S1")).data
+    assert [a["packageName"] for a in installed["apps"]] == ["com.example.maxsdk"]
+
+
+async def test_apk_dir_removed_during_a_scan_fails_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that disappears between listing and stat fails the scan (it is not an
+    inventory of nothing) and leaves the cache as it was."""
+    root = tree(tmp_path / "apks", ["basic-v1.apk", "maxsdk.apk"])
+    scanner = InventoryScanner(root, tmp_path / CACHE_FILE)
+    assert len((await scanner.scan()).apps) == 2
+    cached = (tmp_path / CACHE_FILE).read_text()
+    real_stat_all = inventory.stat_all
+
+    def unmount_then_stat(apps: list[inventory.AppFiles]) -> Any:
+        shutil.rmtree(root)
+        return real_stat_all(apps)
+
+    monkeypatch.setattr(inventory, "stat_all", unmount_then_stat)
+    with pytest.raises(PlatformError, match="no such folder"):
+        await scanner.scan()
+    assert (tmp_path / CACHE_FILE).read_text() == cached
+
+
+async def test_unlistable_apk_dir_fails_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that cannot be listed (permission denied; the tests run as root, where chmod
+    does not stop reads, so the refusal is injected) fails the scan, as do missing folders."""
+    root = tree(tmp_path / "apks", ["basic-v1.apk"])
+    real_scandir = os.scandir
+
+    def refuse(path: Any = ".") -> Any:
+        if Path(path) == root:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    assert inventory.folder_problem(root) == "permission denied"
+    with pytest.raises(PlatformError, match="permission denied"):
+        await InventoryScanner(root, tmp_path / CACHE_FILE).scan()
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    assert inventory.folder_problem(root) is None
+    assert inventory.folder_problem(tmp_path / "missing") == "not found"
+    assert inventory.folder_problem(root / "basic-v1.apk") == "it is a file"
+    assert inventory.folder_problem(root / "basic-v1.apk" / "below") == "not a directory"
+
+
+@pytest.mark.parametrize(
+    ("command", "bad"),
+    [("run", "missing"), ("run", "file"), ("inventory", "missing"), ("snapshot", "file")],
+)
+async def test_cli_bad_apk_dir_is_exit_2_one_line_nothing_sent(
+    tmp_path: Path, command: str, bad: str
+) -> None:
+    """run, inventory and snapshot with --apk-dir naming a missing folder or a file exit 2
+    with one line naming the flag; nothing reaches the server and no snapshot is written."""
+    from tests.agent.test_cli import agent_cli, facts_file
+
+    connections = 0
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    listener = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    apks = tmp_path / "apks"
+    if bad == "file":
+        apks.write_text("oops")
+    args = [
+        command,
+        "--platform",
+        "linux",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--facts",
+        str(facts_file(tmp_path)),
+        "--apk-dir",
+        str(apks),
+    ]
+    if command == "run":
+        args += ["--server", f"http://127.0.0.1:{port}", "--api-key", "k", "--once"]
+        args += ["--admin-email", "admin@alpha.test", "--admin-password", "pw-alpha"]
+    if command == "snapshot":
+        args += ["--output", str(tmp_path / "device.json")]
+    try:
+        code, out, err = await agent_cli(*args)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    reason = "not found" if bad == "missing" else "it is a file"
+    assert code == 2, err
+    assert err == f"midm-agent: error: --apk-dir {apks}: no such folder ({reason})\n"
+    assert out == "" and connections == 0
+    assert not (tmp_path / "device.json").exists()
