@@ -5,7 +5,8 @@ upload both call `read_apk_metadata`. androguard is imported inside the function
 ~0.5 s and ~40 MB), and its loguru output is disabled on first use.
 
 Rules (see ../shared/android-notes.md):
-- SDK versions are strings, "" when the manifest has none; versionCode is an int.
+- SDK versions are strings, "" when the manifest has none; versionCode is an int, 0 when the
+  manifest has none (Android installs such an APK as version 0; aapt prints versionCode='').
 - The label is resolved through resources.arsc; an empty label, or one still starting with "@",
   falls back to the package name.
 - certMd5 is the lowercase hex MD5 of the DER signing certificate, preferring v3, then v2, then
@@ -129,7 +130,7 @@ def read_apk_metadata(path: Path) -> ApkMetadata:
     if not package:
         raise ApkError(f"{path.name}: manifest has no package name", reason="bad_manifest")
     try:
-        version_code = int(raw_code)
+        version_code = int(raw_code) if raw_code.strip() else 0
     except ValueError as exc:
         raise ApkError(
             f"{path.name}: versionCode {raw_code!r} is not an integer", reason="bad_manifest"

@@ -46,6 +46,18 @@ def test_other_key_gives_other_cert() -> None:
     assert ours != theirs
 
 
+def test_missing_version_code_is_version_0() -> None:
+    """A manifest without versionCode/versionName (aapt: versionCode='') is what Android
+    installs as version 0: versionCode 0 and versionName "", not a bad manifest."""
+    meta = read_apk_metadata(APKS / "noversion.apk")
+    assert (meta.package_name, meta.version_code, meta.version_name) == (
+        "com.example.noversion",
+        0,
+        "",
+    )
+    assert expected_apks()["noversion.apk"]["versionCode"] == 0
+
+
 def test_unsigned_apk_has_empty_cert() -> None:
     """An unsigned APK parses with certMd5 ""; callers decide whether that is allowed."""
     assert read_apk_metadata(APKS / "unsigned.apk").cert_md5 == ""

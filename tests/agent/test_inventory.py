@@ -365,3 +365,28 @@ async def test_cli_bad_apk_dir_is_exit_2_one_line_nothing_sent(
     assert err == f"midm-agent: error: --apk-dir {apks}: no such folder ({reason})\n"
     assert out == "" and connections == 0
     assert not (tmp_path / "device.json").exists()
+
+
+# -- item 6: a real APK without versionCode is version 0 -----------------------------------------
+
+
+async def test_apk_without_version_code_is_reported_and_uploadable(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """noversion.apk (no versionCode, no versionName in its manifest) is in the inventory as
+    versionCode 0 with versionName "", and the server's app upload accepts it."""
+    agent, transport = _agent_on(server, tmp_path, tree(tmp_path / "apks", ["noversion.apk"]))
+    await agent.run_once()
+    assert transport.names.count("apps") == 1
+    installed = (await admin.get("/ota/api/device/app/installed", serialNo="S1")).data
+    assert [(a["packageName"], a["versionCode"], a["versionName"]) for a in installed["apps"]] == [
+        ("com.example.noversion", 0, "")
+    ]
+    uploaded = await admin.upload_apk("noversion.apk")
+    assert uploaded.status == 200, uploaded.body
+    info = uploaded.data["appInfo"]
+    assert (info["packageName"], info["versionCode"], info["versionName"]) == (
+        "com.example.noversion",
+        0,
+        "",
+    )
