@@ -90,11 +90,37 @@ def test_group_cycles_and_descendants() -> None:
     assert with_descendants(["unknown"], parents) == set()
 
 
-@given(st.dictionaries(st.sampled_from("abcdefgh"), st.sampled_from([None, *"abcdefgh"])))
-def test_cycle_check_never_loops(parents: dict[str, str | None]) -> None:
-    """creates_cycle terminates even on maps that already hold a loop."""
-    for group in "abcdefgh":
-        creates_cycle(group, "a", parents)
+def _loops_after_move(group: str, new_parent: str | None, parents: dict[str, str | None]) -> bool:
+    """Oracle: walking up from `group` after the move never reaches a root."""
+    moved = {**parents, group: new_parent}
+    current: str | None = group
+    for _ in range(len(moved) + 1):
+        if current is None:
+            return False
+        current = moved.get(current)
+    return current is not None
+
+
+def test_cycle_check_on_a_map_that_already_loops() -> None:
+    """A parent chain that runs into an existing loop is refused, without looping forever."""
+    parents: dict[str, str | None] = {"a": "b", "b": "a", "c": None}
+    assert creates_cycle("c", "a", parents)
+    assert not creates_cycle("a", "c", parents)
+
+
+@given(
+    st.dictionaries(st.sampled_from("abcdefgh"), st.sampled_from([None, *"abcdefgh"])),
+    st.sampled_from("abcdefgh"),
+    st.sampled_from([None, *"abcdefgh"]),
+)
+def test_cycle_check_never_loops(
+    parents: dict[str, str | None], group: str, new_parent: str | None
+) -> None:
+    """creates_cycle terminates even on maps that already hold a loop, and answers True exactly
+    when the move would leave `group` on a parent chain that never reaches a root."""
+    assert creates_cycle(group, new_parent, parents) is _loops_after_move(
+        group, new_parent, parents
+    )
 
 
 def test_device_batch_rules() -> None:
