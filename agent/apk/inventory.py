@@ -7,7 +7,9 @@ parses nothing. Parsing runs off the event loop: in a worker thread for a few fi
 small process pool when many changed. A file that cannot be parsed never stops a scan: it is
 skipped with a structured warning naming the file and the reason (and remembered, so it is not
 parsed again until it changes). The cache (`inventory-cache.json` in the state dir) survives
-restarts; a corrupt cache is discarded with a warning.
+restarts; a corrupt cache is discarded with a warning. It also remembers each package's
+firstInstalled (agent.apk.times: firstInstalled <= lastUpdated, kept across upgrades and
+restarts, forgotten when the package is removed).
 
 A tree that cannot be listed (missing, a file, permission denied, removed or unmounted during
 the scan) fails the scan with PlatformError: an unreadable source is never an empty inventory,
@@ -28,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from agent.apk.times import app_times
 from agent.errors import PlatformError
 from agent.platforms.base import AppRecord
 from agent.runtime.files import write_atomic
@@ -143,11 +146,13 @@ def stat_all(apps: Iterable[AppFiles]) -> dict[Path, os.stat_result | None]:
 
 
 class InventoryCache:
-    """path -> (key, parsed metadata or error); loaded once, saved when it changed."""
+    """path -> (key, parsed metadata or error), and package -> remembered firstInstalled (ms);
+    loaded once, saved when it changed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
+        self.first_installed: dict[str, int] = {}
         self.dirty = False
 
     def load(self) -> None:
@@ -162,10 +167,13 @@ class InventoryCache:
             values = json.loads(raw)
             if values.get("version") != CACHE_VERSION or not isinstance(values["entries"], dict):
                 raise ValueError("unknown cache version")
-            self.entries = values["entries"]
+            first = values.get("firstInstalled", {})  # absent in caches of older agents
+            if not isinstance(first, dict) or not all(type(v) is int for v in first.values()):
+                raise ValueError("firstInstalled is not a map of integers")
+            self.entries, self.first_installed = values["entries"], first
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("inventory.cache_discarded", path=str(self.path), reason=str(exc))
-            self.entries = {}
+            self.entries, self.first_installed = {}, {}
             self.dirty = True
 
     def lookup(self, path: Path, key: list[int]) -> dict[str, Any] | None:
@@ -185,13 +193,23 @@ class InventoryCache:
             del self.entries[path]
         self.dirty = self.dirty or bool(gone)
 
+    def remember_first(self, firsts: dict[str, int]) -> None:
+        """Replace the remembered firstInstalled map with `firsts` (the installed packages):
+        a package no longer installed is forgotten, so a reinstall starts again."""
+        if firsts != self.first_installed:
+            self.first_installed = dict(firsts)
+            self.dirty = True
+
     def save(self) -> None:
         if not self.dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            self.path, json.dumps({"version": CACHE_VERSION, "entries": self.entries}).encode()
-        )
+        values = {
+            "version": CACHE_VERSION,
+            "entries": self.entries,
+            "firstInstalled": self.first_installed,
+        }
+        write_atomic(self.path, json.dumps(values).encode())
         self.dirty = False
 
 
@@ -251,9 +269,9 @@ class InventoryScanner:
                             detail=meta["message"],
                         )
             self.cache.forget_missing({str(p) for p, s in stats.items() if s is not None})
+            records, skipped = self._records(apps, stats)
             await asyncio.to_thread(self.cache.save)
             self.parsed_total += len(todo)
-            records, skipped = self._records(apps, stats)
             return ScanResult(records, len(todo), skipped)
 
     async def _parse(self, paths: list[str]) -> list[dict[str, Any]]:
@@ -279,17 +297,29 @@ class InventoryScanner:
     def _records(
         self, apps: list[AppFiles], stats: dict[Path, os.stat_result | None]
     ) -> tuple[list[AppRecord], int]:
+        """One record per package (its highest versionCode), with its times (agent.apk.times);
+        remembers each package's firstInstalled in the cache."""
         records: dict[str, AppRecord] = {}
         skipped = 0
+        firsts: dict[str, int] = {}
         for app in apps:
             base = stats.get(app.base)
             meta = self.cache.lookup(app.base, file_key(base)) if base is not None else None
             if base is None or meta is None or "error" in meta:
                 skipped += 1
                 continue
-            size = sum(s.st_size for p in (app.base, *app.splits) if (s := stats.get(p)))
-            record = AppRecord(
-                package_name=meta["packageName"],
+            package = meta["packageName"]
+            known = records.get(package)
+            if known is not None and (meta["versionCode"] or 0) <= (known.version_code or 0):
+                continue
+            times = app_times(
+                remembered=self.cache.first_installed.get(package),
+                ctime_ms=base.st_ctime_ns // 1_000_000,
+                mtime_ms=base.st_mtime_ns // 1_000_000,
+            )
+            firsts[package] = times.first_installed
+            records[package] = AppRecord(
+                package_name=package,
                 version_code=meta["versionCode"],
                 label=meta["label"],
                 version_name=meta["versionName"],
@@ -297,12 +327,10 @@ class InventoryScanner:
                 target_sdk_version=meta["targetSdkVersion"],
                 max_sdk_version=meta["maxSdkVersion"],
                 cert_md5=meta["certMd5"],
-                app_size=size,
+                app_size=sum(s.st_size for p in (app.base, *app.splits) if (s := stats.get(p))),
                 data_size=0,
-                first_installed=base.st_ctime_ns // 1_000_000,
-                last_updated=base.st_mtime_ns // 1_000_000,
+                first_installed=times.first_installed,
+                last_updated=times.last_updated,
             )
-            known = records.get(record.package_name)
-            if known is None or (record.version_code or 0) > (known.version_code or 0):
-                records[record.package_name] = record
+        self.cache.remember_first(firsts)
         return sorted(records.values(), key=lambda r: r.package_name), skipped

@@ -7,7 +7,9 @@
 - Network: `wifi` when a wireless interface is up, else `ethernet` when a wired one is, else
   `none`.
 - Installed apps: the APKs in `--apk-dir` (install copies an APK in as `<package>.apk`,
-  uninstall removes it). Metadata is read by agent.apk.metadata in a worker thread.
+  uninstall removes it). Metadata is read by agent.apk.metadata in a worker thread. A folder
+  that cannot be listed fails the scan (PlatformError), never an empty inventory. Times come
+  from the files by agent.apk.times (firstInstalled <= lastUpdated, firstInstalled remembered).
 - OTA: a directory-backed A/B slot pair under `<state dir>/slots/`: an update is copied into the
   inactive slot and marked pending; `reboot` switches slots when one is pending.
 """

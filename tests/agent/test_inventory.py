@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent.apk import inventory
@@ -390,3 +392,102 @@ async def test_apk_without_version_code_is_reported_and_uploadable(
         0,
         "",
     )
+
+
+# -- item 7: firstInstalled <= lastUpdated ---------------------------------------------------------
+
+T1, T2, T3 = 1_600_000_000_000, 1_650_000_000_000, 1_700_000_000_000  # epoch ms, in the past
+
+
+def put(source: str, target: Path, mtime_ms: int) -> None:
+    """Copy an APK in keeping an old mtime (as `cp -p`, rsync -a or tar do): ctime is now."""
+    shutil.copy(APKS / source, target)
+    os.utime(target, ns=(mtime_ms * 1_000_000, mtime_ms * 1_000_000))
+
+
+async def test_copied_apk_is_not_installed_after_its_update(tmp_path: Path) -> None:
+    """A copy that keeps its old mtime (ctime = now) reports firstInstalled <= lastUpdated."""
+    root = tmp_path / "apks"
+    root.mkdir()
+    put("basic-v1.apk", root / "basic.apk", T1)
+    [app] = (await InventoryScanner(root, tmp_path / CACHE_FILE).scan()).apps
+    assert app.first_installed is not None and app.last_updated is not None
+    assert app.first_installed <= app.last_updated == T1
+
+
+async def test_first_installed_survives_upgrades_and_restarts(tmp_path: Path) -> None:
+    """firstInstalled is remembered per package in the state dir: an upgrade (even read by a
+    new scanner after a restart) keeps it while lastUpdated moves; removing the package
+    forgets it, so a reinstall starts again."""
+    root = tmp_path / "apks"
+    root.mkdir()
+    cache = tmp_path / CACHE_FILE
+    put("basic-v1.apk", root / "basic.apk", T1)
+    [first] = (await InventoryScanner(root, cache).scan()).apps
+    assert (first.first_installed, first.last_updated) == (T1, T1)
+    put("basic-v2.apk", root / "basic.apk", T2)
+    [upgraded] = (await InventoryScanner(root, cache).scan()).apps
+    assert (upgraded.version_code, upgraded.first_installed, upgraded.last_updated) == (2, T1, T2)
+    scanner = InventoryScanner(root, cache)
+    (root / "basic.apk").unlink()
+    assert (await scanner.scan()).apps == []
+    put("basic-v1.apk", root / "basic.apk", T3)
+    [again] = (await scanner.scan()).apps
+    assert (again.first_installed, again.last_updated) == (T3, T3)
+
+
+async def test_cache_of_an_older_agent_is_kept(tmp_path: Path) -> None:
+    """A cache written before firstInstalled was remembered loads as it is (nothing parsed
+    again); a firstInstalled map that is not integers discards the cache with a warning."""
+    root = tree(tmp_path / "apks", ["basic-v1.apk"])
+    cache = tmp_path / CACHE_FILE
+    await InventoryScanner(root, cache).scan()
+    values = json.loads(cache.read_text())
+    assert values["firstInstalled"].keys() == {"com.example.basic"}
+    cache.write_text(json.dumps({"version": 1, "entries": values["entries"]}))
+    with capture_logs() as logs:
+        assert (await InventoryScanner(root, cache).scan()).parsed == 0
+    assert not [e for e in logs if e["event"] == "inventory.cache_discarded"]
+    cache.write_text(json.dumps({**values, "firstInstalled": {"com.example.basic": "x"}}))
+    with capture_logs() as logs:
+        assert (await InventoryScanner(root, cache).scan()).parsed == 1
+    assert [e["event"] for e in logs] == ["inventory.cache_discarded"]
+
+
+@pytest.mark.parametrize(
+    ("remembered", "ctime", "mtime", "first", "last"),
+    [
+        (None, T2, T2, T2, T2),  # plain copy: ctime == mtime
+        (None, T3, T1, T1, T1),  # cp -p: old mtime, new ctime (the bug: first was T3)
+        (None, T1, T3, T1, T3),  # mtime set in the future of the change time
+        (T1, T3, T3, T1, T3),  # upgraded in place: first stays
+        (T2, T3, T1, T1, T1),  # an older copy put back: first follows it down
+        (None, -5, -10, 0, 0),  # mtime before 1970 (some build tools): clamped to 0
+    ],
+)
+def test_app_times_table(
+    remembered: int | None, ctime: int, mtime: int, first: int, last: int
+) -> None:
+    """lastUpdated = mtime; firstInstalled = min(remembered, ctime, lastUpdated); both >= 0."""
+    from agent.apk.times import app_times
+
+    times = app_times(remembered=remembered, ctime_ms=ctime, mtime_ms=mtime)
+    assert (times.first_installed, times.last_updated) == (first, last)
+
+
+@given(
+    remembered=st.none() | st.integers(-(2**62), 2**62),
+    ctime=st.integers(-(2**62), 2**62),
+    mtime=st.integers(-(2**62), 2**62),
+)
+def test_first_installed_never_after_last_updated(
+    remembered: int | None, ctime: int, mtime: int
+) -> None:
+    """For any file times and remembered first sighting: 0 <= firstInstalled <= lastUpdated,
+    and firstInstalled never moves later than what was remembered."""
+    from agent.apk.times import app_times
+
+    times = app_times(remembered=remembered, ctime_ms=ctime, mtime_ms=mtime)
+    assert 0 <= times.first_installed <= times.last_updated
+    if remembered is not None:
+        assert times.first_installed <= max(0, remembered)
