@@ -17,7 +17,7 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from agent import __version__
 from agent.clock import SystemClock
 from agent.config import PLATFORMS, AgentConfig, load
 from agent.errors import AgentError, ConfigError
-from agent.platforms.base import HardwareInfo, Platform, gather_facts
-from agent.platforms.facts_file import load_facts
+from agent.platforms.base import BuildInfo, HardwareInfo, Platform, gather_facts
+from agent.platforms.facts_file import load_facts, override_build, override_hardware
 from agent.runtime.agent import Agent
 from agent.runtime.files import write_atomic
 from agent.runtime.outbox import Outbox
@@ -161,8 +161,13 @@ def make_platform(config: AgentConfig) -> Platform:
         )
     from agent.platforms.simulated import SimulatedPlatform
 
-    serial = (facts.get("hardware_info") or {}).get("serial_no") or "SIMULATED-0001"
-    return SimulatedPlatform(HardwareInfo(serial_no=str(serial)))
+    # --facts gives the starting identity and build; an applied image replaces the build
+    hardware = override_hardware(HardwareInfo(serial_no=""), facts)
+    return SimulatedPlatform(
+        replace(hardware, serial_no=hardware.serial_no or "SIMULATED-0001"),
+        override_build(BuildInfo(), facts),
+    )
+
 
 
 def _print(value: Any) -> None:

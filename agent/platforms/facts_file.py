@@ -1,6 +1,10 @@
 """`--facts FILE`: JSON `{"hardware_info": {...}, "build": {...}}` overriding what a platform
 reads, with the check-in body's field names, any subset (rigs with unreadable DMI data,
-clones of a field device)."""
+clones of a field device).
+
+The build given is the STARTING build: once an image has been applied, the platform reports
+the applied build over it (linux: the active slot's build; simulated: the build it booted).
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 - Hardware from DMI (`<sysfs>/class/dmi/id/`), serial falling back to `/etc/machine-id` when
   `product_serial` is unreadable (it is root-only); `--facts` overrides any field.
+- Build: os-release < `--facts` (the starting build) < the build of an image applied to the
+  active slot (`slots/<slot>/build.json`): after an update the image's build is reported.
 - Power from `<sysfs>/class/power_supply/*`: AC is online when a `Mains` supply says so, or
   when there are no supplies at all (a desktop); `--ac-online yes|no` overrides.
 - Network: `wifi` when a wireless interface is up, else `ethernet` when a wired one is, else
@@ -101,8 +103,9 @@ class LinuxPlatform:
             ab_update=True,
             slot=f"_{slot}",
         )
-        build = override_build(build, {"build": slot_build}) if slot_build else build
-        return override_build(build, self.facts)
+        build = override_build(build, self.facts)  # the starting build
+        # an image applied to the active slot is what runs now, whatever the facts said
+        return override_build(build, {"build": slot_build}) if slot_build else build
 
     async def power(self) -> PowerState:
         supplies = sorted((self.sysfs / "class" / "power_supply").glob("*"))
@@ -187,7 +190,11 @@ class LinuxPlatform:
         folder = self.slots / target
         folder.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(shutil.copyfile, package, folder / "update.zip")
-        build = {"fingerprint": meta.post_build, "buildDate": meta.post_timestamp}
+        build = {
+            "fingerprint": meta.post_build,
+            "buildDate": meta.post_timestamp,
+            "slot": f"_{target}",
+        }
         write_atomic(folder / "build.json", json.dumps(build).encode(), mode=0o644)
         write_atomic(self.slots / "pending", target.encode(), mode=0o644)
 

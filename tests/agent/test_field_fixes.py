@@ -1,0 +1,159 @@
+"""Field fixes, end to end against midm-server on 127.0.0.1: a `--facts` clone takes an update,
+an incomplete hardware identity is said once, and the push channel comes back with the server."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent.cli import make_platform
+from agent.clock import FakeClock
+from agent.config import AgentConfig
+from agent.platforms.base import Platform
+from agent.platforms.linux import LinuxPlatform
+from agent.runtime.agent import Agent
+from agent.runtime.outbox import Outbox
+from agent.runtime.state import StateStore
+from tests.agent.agent_harness import RecordingTransport
+from tests.helpers import Client, Server, ota_zip
+
+FP1 = "acme/rig/rig:14/A/1:user/release-keys"
+FP2 = "acme/rig/rig:14/A/2:user/release-keys"
+WAIT_S = (
+    30.0  # bounds a wait for an event that should come at once; reached only on failure
+)
+
+
+def rig_tree(root: Path, *, dmi: dict[str, str] | None = None) -> Path:
+    """A fake /sys and /etc: DMI files as given (none: unreadable), a wired link, os-release."""
+    folder = root / "sys" / "class" / "dmi" / "id"
+    folder.mkdir(parents=True)
+    for name, value in (dmi or {}).items():
+        (folder / name).write_text(value + "\n")
+    net = root / "sys" / "class" / "net" / "eth0"
+    net.mkdir(parents=True)
+    (net / "operstate").write_text("up\n")
+    etc = root / "etc"
+    etc.mkdir()
+    (etc / "os-release").write_text(
+        'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian 12"\n'
+    )
+    (etc / "machine-id").write_text("0123abcd\n")
+    return root
+
+
+def rig(root: Path, facts: dict[str, Any] | None = None) -> LinuxPlatform:
+    return LinuxPlatform(
+        state_dir=root / "state", facts=facts, sysfs=root / "sys", etc=root / "etc"
+    )
+
+
+# -- 8: a field clone takes an update ---------------------------------------------------------
+
+CLONE = {
+    "hardware_info": {"serial_no": "CLONE-1", "manufacturer": "Acme", "model": "R1"},
+    "build": {
+        "fingerprint": FP1,
+        "buildDate": 1700000000,
+        "deviceId": "rig",
+        "abUpdate": True,
+    },
+}
+
+
+def linux_clone(tmp_path: Path) -> Platform:
+    return rig(rig_tree(tmp_path / "rig"), CLONE)
+
+
+def simulated_clone(tmp_path: Path) -> Platform:
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(CLONE))
+    return make_platform(
+        AgentConfig(platform="simulated", facts=facts, state_dir=tmp_path / "s")
+    )
+
+
+@pytest.mark.parametrize(
+    "clone", [linux_clone, simulated_clone], ids=["linux", "simulated"]
+)
+async def test_facts_clone_takes_an_update(
+    server: Server, admin: Client, tmp_path: Path, clone: Callable[[Path], Platform]
+) -> None:
+    """`--facts` gives the starting build; after an image is applied the device reports the
+    image's fingerprint and buildDate: `installed`, then the profile `applied` (no rollback)."""
+    meta = {
+        "ota-type": "AB",
+        "pre-device": "rig",
+        "post-build": FP2,
+        "post-timestamp": "1800000000",
+    }
+    upload = await admin.upload("/ota/api/ota/upload", ota_zip(meta), "fp2.zip")
+    assert upload.status == 200, upload.body
+    image = upload.data["fileUuid"]
+    saved = await admin.post(
+        "/ota/api/profile/save", {"scope": {"device": ["CLONE-1"]}, "otas": [image]}
+    )
+    assert saved.status == 200, saved.body
+    platform = clone(tmp_path)
+    before = await platform.build()
+    assert (before.fingerprint, before.build_date) == (FP1, 1700000000)
+    agent = Agent(
+        config=AgentConfig(
+            server=server.base,
+            api_key="key-alpha",
+            state_dir=tmp_path / "state",
+            admin_email="admin@alpha.test",
+            admin_password="pw-alpha",
+        ),
+        platform=platform,
+        transport=RecordingTransport(server.base, timeout_s=10.0),
+        clock=FakeClock(),
+        state_store=StateStore(tmp_path / "state"),
+        outbox=Outbox(tmp_path / "state" / "outbox"),
+        rng=random.Random(7),
+    )
+    await agent.run_once()
+    rows = server.sql("SELECT kind, status, reason FROM events ORDER BY rowid")
+    ota = [(r["status"], r["reason"]) for r in rows if r["kind"] == "ota"]
+    assert ("installed", "") in ota and ("failed", "rollback") not in ota, ota
+    assert [(r["status"], r["reason"]) for r in rows if r["kind"] == "profile"] == [
+        ("applied", "")
+    ]
+    after = await platform.build()
+    assert (after.fingerprint, after.build_date, after.device_id) == (
+        FP2,
+        1800000000,
+        "rig",
+    )
+    report = json.loads(
+        server.sql("SELECT report FROM devices WHERE serial_no = 'CLONE-1'")[0][0]
+    )
+    assert (report["build"]["fingerprint"], report["build"]["buildDate"]) == (
+        FP2,
+        1800000000,
+    )
+
+
+async def test_rollback_returns_to_the_facts_build(tmp_path: Path) -> None:
+    """On the linux rig, a rollback makes the starting (facts) build the reported one again."""
+    platform = rig(rig_tree(tmp_path), CLONE)
+    package = tmp_path / "fp2.zip"
+    package.write_bytes(
+        ota_zip({"ota-type": "AB", "post-build": FP2, "post-timestamp": "1800000000"})
+    )
+    await platform.apply_ota(package, ab_update=True)
+    assert (await platform.build()).fingerprint == FP1  # staged, not running yet
+    await platform.reboot()
+    switched = await platform.build()
+    assert (switched.fingerprint, switched.build_date, switched.slot) == (
+        FP2,
+        1800000000,
+        "_b",
+    )
+    await platform.rollback()
+    back = await platform.build()
+    assert (back.fingerprint, back.build_date, back.slot) == (FP1, 1700000000, "_a")
