@@ -1,7 +1,8 @@
 """The Linux rig platform.
 
 - Hardware from DMI (`<sysfs>/class/dmi/id/`), serial falling back to `/etc/machine-id` when
-  `product_serial` is unreadable (it is root-only); `--facts` overrides any field.
+  `product_serial` is unreadable (it is root-only); `--facts` overrides any field. Empty
+  manufacturer/brand/model are warned about once (`platform.hardware_incomplete`).
 - Build: os-release < `--facts` (the starting build) < the build of an image applied to the
   active slot (`slots/<slot>/build.json`): after an update the image's build is reported.
 - Power from `<sysfs>/class/power_supply/*`: AC is online when a `Mains` supply says so, or
@@ -63,6 +64,7 @@ class LinuxPlatform:
         self.etc = etc
         self.slots = state_dir / "slots"
         self._scanner: InventoryScanner | None = None
+        self._warned_hardware = False
 
     async def hardware(self) -> HardwareInfo:
         dmi = self.sysfs / "class" / "dmi" / "id"
@@ -78,6 +80,15 @@ class LinuxPlatform:
             raise PlatformError(
                 "no serial number: DMI product_serial and /etc/machine-id are unreadable; "
                 'give one with --facts FILE ({"hardware_info": {"serial_no": ...}})'
+            )
+        empty = [f for f in ("manufacturer", "brand", "model") if not getattr(hardware, f)]
+        if empty and not self._warned_hardware:
+            self._warned_hardware = True  # once per run, not at every check-in
+            log.warning(
+                "platform.hardware_incomplete",
+                empty=empty,
+                hint=f"DMI ({dmi}) does not give them; set them with --facts FILE "
+                '({"hardware_info": {"manufacturer": ..., "brand": ..., "model": ...}})',
             )
         return hardware
 

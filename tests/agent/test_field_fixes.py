@@ -13,11 +13,12 @@ import pytest
 from agent.cli import make_platform
 from agent.clock import FakeClock
 from agent.config import AgentConfig
-from agent.platforms.base import Platform
+from agent.platforms.base import Platform, gather_facts
 from agent.platforms.linux import LinuxPlatform
 from agent.runtime.agent import Agent
 from agent.runtime.outbox import Outbox
 from agent.runtime.state import StateStore
+from structlog.testing import capture_logs
 from tests.agent.agent_harness import RecordingTransport
 from tests.helpers import Client, Server, ota_zip
 
@@ -157,3 +158,37 @@ async def test_rollback_returns_to_the_facts_build(tmp_path: Path) -> None:
     await platform.rollback()
     back = await platform.build()
     assert (back.fingerprint, back.build_date, back.slot) == (FP1, 1700000000, "_a")
+
+
+# -- 9: hardware info that DMI does not give ----------------------------------------------------
+
+
+async def test_unreadable_dmi_is_said_once(tmp_path: Path) -> None:
+    """No readable DMI: one `platform.hardware_incomplete` warning naming the empty fields and
+    `--facts`, however many check-ins gather the facts."""
+    platform = rig(rig_tree(tmp_path))
+    with capture_logs() as logs:
+        for _ in range(3):
+            facts = await gather_facts(platform)
+    assert facts.hardware.serial_no == "0123abcd" and facts.hardware.model == ""
+    warnings = [e for e in logs if e["event"] == "platform.hardware_incomplete"]
+    assert len(warnings) == 1, logs
+    assert warnings[0]["log_level"] == "warning"
+    assert warnings[0]["empty"] == ["manufacturer", "brand", "model"]
+    assert "--facts" in warnings[0]["hint"]
+
+
+async def test_facts_fill_what_dmi_lacks(tmp_path: Path) -> None:
+    """Fields `--facts` gives are not named; a complete identity gives no warning at all."""
+    partial = rig(rig_tree(tmp_path / "a"), {"hardware_info": {"model": "R1"}})
+    complete = rig(
+        rig_tree(
+            tmp_path / "b",
+            dmi={"sys_vendor": "Intel Corporation", "product_name": "NUC8i5BEH"},
+        )
+    )
+    with capture_logs() as logs:
+        await partial.hardware()
+        await complete.hardware()
+    warnings = [e for e in logs if e["event"] == "platform.hardware_incomplete"]
+    assert [w["empty"] for w in warnings] == [["manufacturer", "brand"]]
