@@ -5,7 +5,9 @@ task that waits for the stop request; stopping cancels the loops, then the outbo
 once more (bounded by the request timeout) and the state saved. The check-in loop checks in,
 queues the inventory when the server asks or its hash changed, flushes the outbox, and sleeps
 the server's interval with jitter; on errors it backs off (full jitter, honouring
-Retry-After). A `sync` or `wake` on the push channel cuts the sleep short. Device calls that
+Retry-After). A `sync` or `wake` on the push channel cuts the sleep short. The push listener
+reconnects with its own backoff (capped at 60 s), cut short by a check-in that succeeds while the
+channel is down: after an outage the channel is back with the first check-in. Device calls that
 meet 40100 (a revoked token) register again once and retry; they never save the device again.
 The inventory scan runs beside the check-ins: a long cold scan does not delay them.
 The same class runs on a rig and, thousands of times, in the simulator.
@@ -103,6 +105,7 @@ class Agent:
         self.state: AgentState = state_store.load()
         self.push_connected = False
         self._nudge = asyncio.Event()
+        self._server_back = asyncio.Event()  # a check-in succeeded while the push channel was down
         self._enrolled = asyncio.Event()
         if self.state.enrolled:
             self._enrolled.set()
@@ -180,6 +183,8 @@ class Agent:
             await self.call(lambda creds: protocol.checkin(creds, body), "checkin")
         )
         self._checkins += 1
+        if not self.push_connected:
+            self._server_back.set()  # the server answers: the push channel need not wait
         if (
             apps is not None
             and current is not None
@@ -329,18 +334,23 @@ class Agent:
     async def _sleep_or_nudge(self, seconds: float) -> None:
         """Sleep `seconds` on the agent's clock, or less if something nudges (a push message
         or a platform event); a nudge that came while the cycle ran is not lost."""
-        if self._nudge.is_set():
-            self._nudge.clear()
+        await self._sleep_unless(seconds, self._nudge)
+
+    async def _sleep_unless(self, seconds: float, cut: asyncio.Event) -> None:
+        """Sleep `seconds` on the agent's clock, or until `cut` is set (also if it was set
+        before the sleep began); `cut` is clear afterwards."""
+        if cut.is_set():
+            cut.clear()
             return
         sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        nudged = asyncio.ensure_future(self._nudge.wait())
+        woken = asyncio.ensure_future(cut.wait())
         try:
-            await asyncio.wait({sleeper, nudged}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sleeper, nudged):
+            for task in (sleeper, woken):
                 task.cancel()
-            await asyncio.gather(sleeper, nudged, return_exceptions=True)
-            self._nudge.clear()
+            await asyncio.gather(sleeper, woken, return_exceptions=True)
+            cut.clear()
 
     async def _push_loop(self) -> None:
         attempt = 0
@@ -350,6 +360,7 @@ class Agent:
             try:
                 async with self.transport.open_push(protocol.PUSH, headers) as channel:
                     self.push_connected = True
+                    self._server_back.clear()
                     attempt = 0
                     log.info("push.connected", device=self.state.serial)
                     async for message in channel.messages():
@@ -364,7 +375,10 @@ class Agent:
             finally:
                 self.push_connected = False
             attempt += 1
-            await self.clock.sleep(next_delay(attempt, None, self.rng, cap=60.0))
+            # its own backoff, or sooner: a check-in that succeeds says the server is back
+            await self._sleep_unless(
+                next_delay(attempt, None, self.rng, cap=60.0), self._server_back
+            )
 
     async def _wake(self) -> None:
         try:

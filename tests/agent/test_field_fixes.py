@@ -3,30 +3,37 @@ an incomplete hardware identity is said once, and the push channel comes back wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from structlog.testing import capture_logs
+
 from agent.cli import make_platform
 from agent.clock import FakeClock
 from agent.config import AgentConfig
+from agent.errors import TransportError
 from agent.platforms.base import Platform, gather_facts
 from agent.platforms.linux import LinuxPlatform
+from agent.platforms.simulated import SimulatedPlatform
+from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
 from agent.runtime.outbox import Outbox
 from agent.runtime.state import StateStore
-from structlog.testing import capture_logs
-from tests.agent.agent_harness import RecordingTransport
+from agent.transport.client import AiohttpPush
+from tests.agent.agent_harness import RecordingTransport, make_agent
 from tests.helpers import Client, Server, ota_zip
 
 FP1 = "acme/rig/rig:14/A/1:user/release-keys"
 FP2 = "acme/rig/rig:14/A/2:user/release-keys"
-WAIT_S = (
-    30.0  # bounds a wait for an event that should come at once; reached only on failure
-)
+WAIT_S = 30.0  # bounds a wait for an event that should come at once; reached only on failure
 
 
 def rig_tree(root: Path, *, dmi: dict[str, str] | None = None) -> Path:
@@ -40,9 +47,7 @@ def rig_tree(root: Path, *, dmi: dict[str, str] | None = None) -> Path:
     (net / "operstate").write_text("up\n")
     etc = root / "etc"
     etc.mkdir()
-    (etc / "os-release").write_text(
-        'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian 12"\n'
-    )
+    (etc / "os-release").write_text('ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian 12"\n')
     (etc / "machine-id").write_text("0123abcd\n")
     return root
 
@@ -57,12 +62,7 @@ def rig(root: Path, facts: dict[str, Any] | None = None) -> LinuxPlatform:
 
 CLONE = {
     "hardware_info": {"serial_no": "CLONE-1", "manufacturer": "Acme", "model": "R1"},
-    "build": {
-        "fingerprint": FP1,
-        "buildDate": 1700000000,
-        "deviceId": "rig",
-        "abUpdate": True,
-    },
+    "build": {"fingerprint": FP1, "buildDate": 1700000000, "deviceId": "rig", "abUpdate": True},
 }
 
 
@@ -73,14 +73,10 @@ def linux_clone(tmp_path: Path) -> Platform:
 def simulated_clone(tmp_path: Path) -> Platform:
     facts = tmp_path / "facts.json"
     facts.write_text(json.dumps(CLONE))
-    return make_platform(
-        AgentConfig(platform="simulated", facts=facts, state_dir=tmp_path / "s")
-    )
+    return make_platform(AgentConfig(platform="simulated", facts=facts, state_dir=tmp_path / "s"))
 
 
-@pytest.mark.parametrize(
-    "clone", [linux_clone, simulated_clone], ids=["linux", "simulated"]
-)
+@pytest.mark.parametrize("clone", [linux_clone, simulated_clone], ids=["linux", "simulated"])
 async def test_facts_clone_takes_an_update(
     server: Server, admin: Client, tmp_path: Path, clone: Callable[[Path], Platform]
 ) -> None:
@@ -121,22 +117,11 @@ async def test_facts_clone_takes_an_update(
     rows = server.sql("SELECT kind, status, reason FROM events ORDER BY rowid")
     ota = [(r["status"], r["reason"]) for r in rows if r["kind"] == "ota"]
     assert ("installed", "") in ota and ("failed", "rollback") not in ota, ota
-    assert [(r["status"], r["reason"]) for r in rows if r["kind"] == "profile"] == [
-        ("applied", "")
-    ]
+    assert [(r["status"], r["reason"]) for r in rows if r["kind"] == "profile"] == [("applied", "")]
     after = await platform.build()
-    assert (after.fingerprint, after.build_date, after.device_id) == (
-        FP2,
-        1800000000,
-        "rig",
-    )
-    report = json.loads(
-        server.sql("SELECT report FROM devices WHERE serial_no = 'CLONE-1'")[0][0]
-    )
-    assert (report["build"]["fingerprint"], report["build"]["buildDate"]) == (
-        FP2,
-        1800000000,
-    )
+    assert (after.fingerprint, after.build_date, after.device_id) == (FP2, 1800000000, "rig")
+    report = json.loads(server.sql("SELECT report FROM devices WHERE serial_no = 'CLONE-1'")[0][0])
+    assert (report["build"]["fingerprint"], report["build"]["buildDate"]) == (FP2, 1800000000)
 
 
 async def test_rollback_returns_to_the_facts_build(tmp_path: Path) -> None:
@@ -150,11 +135,7 @@ async def test_rollback_returns_to_the_facts_build(tmp_path: Path) -> None:
     assert (await platform.build()).fingerprint == FP1  # staged, not running yet
     await platform.reboot()
     switched = await platform.build()
-    assert (switched.fingerprint, switched.build_date, switched.slot) == (
-        FP2,
-        1800000000,
-        "_b",
-    )
+    assert (switched.fingerprint, switched.build_date, switched.slot) == (FP2, 1800000000, "_b")
     await platform.rollback()
     back = await platform.build()
     assert (back.fingerprint, back.build_date, back.slot) == (FP1, 1700000000, "_a")
@@ -192,3 +173,90 @@ async def test_facts_fill_what_dmi_lacks(tmp_path: Path) -> None:
         await complete.hardware()
     warnings = [e for e in logs if e["event"] == "platform.hardware_incomplete"]
     assert [w["empty"] for w in warnings] == [["manufacturer", "brand"]]
+
+
+# -- 10: the push channel after an outage -------------------------------------------------------
+
+
+class HookedTransport(RecordingTransport):
+    """The real transport, announcing answered requests and the push channel's ups and downs."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url, timeout_s=5.0)
+        self.answered: dict[str, asyncio.Event] = {}
+        self.unreachable: dict[str, asyncio.Event] = {}
+        self.push_opened = asyncio.Event()
+        self.push_ended = asyncio.Event()
+
+    def answer(self, name: str) -> asyncio.Event:
+        return self.answered.setdefault(name, asyncio.Event())
+
+    def failure(self, name: str) -> asyncio.Event:
+        return self.unreachable.setdefault(name, asyncio.Event())
+
+    async def send(self, request: Request) -> Response:
+        try:
+            response = await super().send(request)
+        except TransportError:
+            self.failure(request.name).set()
+            raise
+        if response.status == 200:
+            self.answer(request.name).set()
+        return response
+
+    @asynccontextmanager
+    async def open_push(self, path: str, headers: Mapping[str, str]) -> AsyncIterator[AiohttpPush]:
+        try:
+            async with super().open_push(path, headers) as channel:
+                self.push_opened.set()
+                yield channel
+        finally:
+            self.push_ended.set()
+
+
+async def within(event: asyncio.Event, what: str) -> None:
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await event.wait()
+    except TimeoutError:
+        pytest.fail(f"{what}: did not happen")
+
+
+async def test_push_reconnects_after_the_first_checkin_that_succeeds(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """Server down, then up again on the same port: the first check-in that succeeds brings the
+    push channel back at once (rtcEnabled true), without waiting for the push backoff: the
+    agent's clock never moves in this test."""
+    clock = FakeClock()
+    agent, _ = make_agent(server.base, tmp_path / "state", clock=clock)
+    agent.transport = transport = HookedTransport(server.base)
+    platform = agent.platform
+    assert isinstance(platform, SimulatedPlatform)
+    port = urlsplit(server.base).port
+    assert port is not None
+    server.config = replace(server.config, port=port)  # the restart below takes the same port
+    stop = asyncio.Event()
+    runner = asyncio.create_task(agent.run(stop))
+    try:
+        await within(transport.answer("apps"), "first cycle")  # check-in, then its inventory
+        await within(transport.push_opened, "first push connection")
+        transport.push_ended.clear()
+        await server.stop()
+        await within(transport.push_ended, "push channel closed by the shutdown")
+        platform.set_power(ac=False)  # a platform event: check in now, into the outage
+        await within(transport.failure("checkin"), "check-in during the outage")
+        assert not agent.push_connected
+        await server.start()
+        transport.answer("checkin").clear()
+        transport.push_opened.clear()
+        platform.set_power(ac=True)  # cuts the check-in backoff short; the push's is untouched
+        await within(transport.answer("checkin"), "check-in after the outage")
+        await within(transport.push_opened, "push reconnection after the check-in")
+        assert clock.monotonic() == 0.0
+        found = (await admin.get("/ota/api/device/findBy", serialNo="S1")).data
+        assert found["states"]["rtcEnabled"] is True
+    finally:
+        stop.set()
+        async with asyncio.timeout(WAIT_S):
+            await runner
