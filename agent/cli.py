@@ -5,8 +5,9 @@
     midm-agent status | facts | inventory [--json] | snapshot   (the same settings)
 
 Settings: defaults < --config < MIDM_* environment < flags. Errors print one line
-(`midm-agent: error: ... (hint)`) and exit 2 for bad settings, 1 for run-time failures; never a
-traceback. `run` without --once runs until SIGTERM/SIGINT, then flushes and exits 0.
+(`midm-agent: error: ... (hint)`) and exit 2 for bad settings (a --state-dir that cannot be
+written is one), 1 for run-time failures; never a traceback. No command prints the help to
+stderr and exits 2. `run` without --once runs until SIGTERM/SIGINT, then flushes and exits 0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import json
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -169,6 +171,18 @@ def make_platform(config: AgentConfig) -> Platform:
     )
 
 
+def check_state_dir(folder: Path) -> None:
+    """A state dir that cannot hold the agent's files is a bad setting, found before anything
+    is sent (the agent must not register and then fail to keep its token)."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--state-dir {folder}: not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--state-dir {folder}: cannot write there ({exc.strerror})") from exc
+
 
 def _print(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
@@ -243,8 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)  # a usage error, as argparse's own
+        return 2
     from server.logsetup import configure_logging  # one logging set-up for every CLI
 
     configure_logging(args.log_level)
@@ -253,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load(flags, args.config)
         if args.command == "run":
             config.check()
+            check_state_dir(config.state_dir)
             return asyncio.run(_run(args, config))
         return asyncio.run(_look(args.command, args, config))
     except ConfigError as exc:

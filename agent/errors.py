@@ -8,6 +8,7 @@ AgentError
 ├── ProtocolError          the server answered something that is not the protocol
 ├── ApiError(code, status, message, uq)   the server answered an error envelope
 │   ├── Unauthorized (40100)  ├── NotFound (40400)  ├── RateLimited (42900)
+│   │   └── AdminLoginRefused   the admin login (--admin-email/--admin-password) was refused
 │   └── Unavailable (50300)   (others stay ApiError with their code)
 ├── PlatformError          the device platform failed (adb, sysfs, ...)
 └── FormatError            a file is not what it claims
@@ -66,6 +67,13 @@ class ApiError(AgentError):
 
 class Unauthorized(ApiError):
     hint = "check --api-key; a revoked device token is renewed by registering again"
+
+
+class AdminLoginRefused(Unauthorized):
+    hint = (
+        "check --admin-email/--admin-password (MIDM_ADMIN_EMAIL/MIDM_ADMIN_PASSWORD); "
+        "the admin must belong to the site of the API key"
+    )
 
 
 class NotFound(ApiError):

@@ -32,6 +32,7 @@ from agent.core.backoff import next_delay, with_jitter
 from agent.core.checkin import checkin_body, inventory_hash
 from agent.core.enrollment import AdminLogin, drive, enrollment
 from agent.errors import (
+    AdminLoginRefused,
     AgentError,
     ApiError,
     NotFound,
@@ -41,7 +42,7 @@ from agent.errors import (
     Unauthorized,
 )
 from agent.platforms.base import AppRecord, Platform, gather_facts
-from agent.protocol import CheckinReply, Credentials, Request
+from agent.protocol import CheckinReply, Credentials, Request, Response
 from agent.runtime.outbox import Outbox
 from agent.runtime.profiles import ProfileRunner
 from agent.runtime.state import AgentState, StateStore
@@ -132,8 +133,18 @@ class Agent:
             else None
         )
         flow = enrollment(self.creds(), hardware.serial_no, hardware.to_json(), admin)
+        sent: list[str] = []
+
+        async def send(request: Request) -> Response:
+            sent.append(request.name)
+            return await self.transport.send(request)
+
         try:
-            registration = await drive(flow, self.transport.send)
+            registration = await drive(flow, send)
+        except Unauthorized as exc:
+            if sent[-1:] != ["login"]:
+                raise
+            raise AdminLoginRefused(str(exc), code=exc.code, status=exc.status, uq=exc.uq) from exc
         except NotFound as exc:
             raise NotFound(
                 f"device {hardware.serial_no!r} is not saved on the server and the agent has no "

@@ -208,3 +208,50 @@ async def test_inventory_and_snapshot(tmp_path: Path) -> None:
     assert snapshot["hardware_info"]["serial_no"] == "RIG-7"
     assert snapshot["build"]["fingerprint"] == "debian/12"
     assert [a["packageName"] for a in snapshot["apps"]] == ["com.example.basic"]
+
+
+async def test_wrong_admin_password_names_the_admin_flags(server: Server, tmp_path: Path) -> None:
+    """A refused admin login points at --admin-email/--admin-password, not at --api-key."""
+    code, _, err = await agent_cli(
+        "run",
+        *common(server, tmp_path),
+        "--once",
+        "--admin-email",
+        "admin@alpha.test",
+        "--admin-password",
+        "wrong",
+    )
+    assert code == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("midm-agent: error: ") and "Traceback" not in err, err
+    assert "--admin-email/--admin-password" in line and "check --api-key" not in line, line
+
+
+async def test_unusable_state_dir_is_a_bad_setting(tmp_path: Path) -> None:
+    """A --state-dir that cannot be created or written exits 2 with one line naming it, before
+    anything is sent to the server."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    for state_dir in (blocker / "state", blocker):
+        code, out, err = await agent_cli(
+            "run",
+            "--server",
+            "http://127.0.0.1:9",
+            "--api-key",
+            "k",
+            "--platform",
+            "simulated",
+            "--state-dir",
+            str(state_dir),
+            "--once",
+        )
+        assert code == 2, err
+        assert out == "" and err.count("\n") == 1, err
+        assert err.startswith(f"midm-agent: error: --state-dir {state_dir}: "), err
+
+
+async def test_no_arguments_prints_help_and_exits_2() -> None:
+    """`midm-agent` alone is a usage error: the help goes to stderr and the exit code is 2."""
+    code, out, err = await agent_cli()
+    assert code == 2 and out == "", out
+    assert err.startswith("usage: midm-agent") and "run" in err, err
