@@ -1,0 +1,289 @@
+"""FakeClock: sleepers wake in deadline order (equal deadlines in arrival order), a cancelled
+sleep is forgotten at once, time adds up exactly, and autojump moves time only when every task
+waits, as trio's MockClock(autojump_threshold=0) does. No test here waits on the wall clock."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.clock import FakeClock
+from agent.config import AgentConfig
+from agent.protocol import Request, Response
+from agent.runtime.agent import Agent
+from agent.runtime.outbox import Outbox
+from agent.runtime.state import StateStore
+from agent.transport.mock import MockTransport
+from tests.agent.agent_harness import SAFETY_S, Changes, sim_platform
+
+START_MS = 1_790_000_000_000
+
+Sleeps = list[tuple[str, float]]
+
+
+async def fall_asleep(
+    clock: FakeClock, sleeps: Sleeps, woke: list[str]
+) -> dict[str, asyncio.Task[None]]:
+    """One task per (name, seconds), each asleep before the next starts (arrival order)."""
+    changes = Changes()
+    clock.observers.append(changes.notify)
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append(name)
+
+    tasks: dict[str, asyncio.Task[None]] = {}
+    for name, seconds in sleeps:
+        tasks[name] = asyncio.create_task(sleeper(name, seconds))
+        await changes.until(lambda: clock.sleeping == len(tasks), "the sleeper is asleep")
+    clock.observers.remove(changes.notify)
+    return tasks
+
+
+async def finish(tasks: dict[str, asyncio.Task[None]]) -> None:
+    for task in tasks.values():
+        task.cancel()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    ("sleeps", "steps"),
+    [
+        pytest.param([("a", 3), ("b", 1), ("c", 2)], [(3, "bca")], id="earliest-first"),
+        pytest.param([("a", 1), ("b", 1), ("c", 1)], [(1, "abc")], id="ties-in-arrival-order"),
+        pytest.param([("a", 2), ("b", 1), ("c", 2)], [(5, "bac")], id="ties-after-the-earlier"),
+        pytest.param([("a", 1), ("b", 5)], [(2, "a"), (2, ""), (1, "b")], id="only-the-due-ones"),
+        pytest.param([("a", 1.0)], [(0.1, "")] * 9 + [(0.1, "a")], id="ten-tenths-make-one"),
+        pytest.param([("a", 0.1), ("b", 0.3)], [(0.05, ""), (0.05, "a"), (0.2, "b")], id="halves"),
+        pytest.param([("a", 0), ("b", -1)], [(0, "")], id="zero-and-negative-do-not-wait"),
+    ],
+)
+async def test_advance_wakes_the_due_sleepers_in_order(
+    sleeps: Sleeps, steps: list[tuple[float, str]]
+) -> None:
+    """Each advance wakes exactly the sleepers now due, earliest deadline first, equal deadlines
+    in the order they began; time is kept in whole nanoseconds, so steps add up exactly."""
+    clock = FakeClock(START_MS)
+    woke: list[str] = []
+    waiting = [(name, s) for name, s in sleeps if s > 0]
+    tasks = await fall_asleep(clock, waiting, woke)
+    instant = [asyncio.create_task(clock.sleep(s)) for _, s in sleeps if s <= 0]
+    try:
+        async with asyncio.timeout(SAFETY_S):
+            await asyncio.gather(*instant)  # no advance needed
+            for seconds, expected in steps:
+                before = len(woke)
+                clock.advance(seconds)
+                assert clock.sleeping == len(waiting) - before - len(expected)
+                await asyncio.gather(*(tasks[name] for name in expected))
+                assert "".join(woke[before:]) == expected
+    finally:
+        await finish(tasks)
+    elapsed = sum(seconds for seconds, _ in steps)
+    assert clock.now_ms() == START_MS + round(elapsed * 1000)
+    assert clock.monotonic() == pytest.approx(elapsed)
+
+
+@pytest.mark.parametrize(
+    ("sleeps", "cancel", "next_deadline", "woken"),
+    [
+        pytest.param([("a", 5)], "a", None, "", id="the-only-sleeper"),
+        pytest.param([("a", 1), ("b", 2)], "a", 2.0, "b", id="the-earliest"),
+        pytest.param([("a", 1), ("b", 2)], "b", 1.0, "a", id="a-later-one"),
+        pytest.param([("a", 1), ("b", 1)], "a", 1.0, "b", id="one-of-two-ties"),
+    ],
+)
+async def test_a_cancelled_sleep_is_forgotten(
+    sleeps: Sleeps, cancel: str, next_deadline: float | None, woken: str
+) -> None:
+    """Cancelling a sleeper removes it at once: not counted, not the next deadline, not woken."""
+    clock = FakeClock()
+    woke: list[str] = []
+    tasks = await fall_asleep(clock, sleeps, woke)
+    try:
+        tasks[cancel].cancel()
+        await asyncio.gather(tasks[cancel], return_exceptions=True)
+        assert clock.sleeping == len(sleeps) - 1
+        assert clock.next_deadline() == next_deadline
+        clock.advance(10)
+        async with asyncio.timeout(SAFETY_S):
+            await asyncio.gather(*(t for name, t in tasks.items() if name != cancel))
+        assert "".join(woke) == woken and clock.sleeping == 0
+    finally:
+        await finish(tasks)
+
+
+async def test_many_cancelled_sleeps_do_not_pile_up() -> None:
+    """A nudged agent cancels a sleep per nudge: the heap keeps only what is still waiting."""
+    clock = FakeClock()
+    woke: list[str] = []
+    tasks = await fall_asleep(clock, [("kept", 100)], woke)
+    for _ in range(1000):
+        task = asyncio.create_task(clock.sleep(150))  # below the kept one in the heap
+        await asyncio.sleep(0)  # let it fall asleep
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(clock._heap) < 50  # compacted as it went
+    assert clock.sleeping == 1 and clock.next_deadline() == 100
+    await finish(tasks)
+
+
+async def test_an_endless_sleep_is_counted_but_never_due() -> None:
+    clock = FakeClock(autojump_threshold=0)
+    woke: list[str] = []
+    tasks = await fall_asleep(clock, [("forever", float("inf"))], woke)
+    assert clock.sleeping == 1 and clock.next_deadline() == float("inf")
+    async with asyncio.timeout(SAFETY_S):
+        await clock.sleep(5)  # autojump still serves the finite sleep
+    assert clock.monotonic() == 5 and woke == []
+    await finish(tasks)
+    assert clock.sleeping == 0
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan")])
+def test_time_does_not_go_back(bad: float) -> None:
+    clock = FakeClock()
+    with pytest.raises(ValueError, match="cannot advance"):
+        clock.advance(bad)
+    with pytest.raises(ValueError, match="autojump_threshold"):
+        FakeClock(autojump_threshold=bad)
+
+
+# -- autojump --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", [0, 0.001])
+async def test_autojump_ends_a_sleep_at_once_in_clock_time(threshold: float) -> None:
+    """With nothing else to do, an hour's sleep returns, the clock an hour later."""
+    clock = FakeClock(START_MS, autojump_threshold=threshold)
+    async with asyncio.timeout(SAFETY_S):
+        await clock.sleep(3600)
+    assert clock.monotonic() == 3600 and clock.now_ms() == START_MS + 3_600_000
+
+
+@pytest.mark.parametrize(
+    ("plans", "expected"),
+    [
+        pytest.param(
+            {"a": [3], "b": [1], "c": [2], "d": [1]},
+            [("b", 1), ("d", 1), ("c", 2), ("a", 3)],
+            id="one-jump-per-deadline",
+        ),
+        pytest.param(
+            {"a": [1, 1.5], "b": [2], "c": [0.25] * 8},
+            [("b", 2), ("c", 2), ("a", 2.5)],  # c's last sleep began after b's
+            id="sleeping-again-after-waking",
+        ),
+    ],
+)
+async def test_autojump_wakes_each_sleeper_at_its_deadline(
+    plans: dict[str, list[float]], expected: list[tuple[str, float]]
+) -> None:
+    """Time jumps from deadline to deadline; every sleeper sees its own deadline as now."""
+    clock = FakeClock(autojump_threshold=0)
+    woke: list[tuple[str, float]] = []
+
+    async def sleeper(name: str, plan: list[float]) -> None:
+        for seconds in plan:
+            await clock.sleep(seconds)
+        woke.append((name, clock.monotonic()))
+
+    async with asyncio.timeout(SAFETY_S), asyncio.TaskGroup() as group:
+        for name, plan in plans.items():
+            group.create_task(sleeper(name, plan))
+    assert woke == expected
+
+
+async def test_autojump_waits_while_other_work_is_ready() -> None:
+    """A task with work to do (here a long chain of ready steps and futures) holds time still;
+    the clock jumps only once it, too, waits."""
+    clock = FakeClock(autojump_threshold=0)
+    busy_until: list[float] = []
+
+    async def busy() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(500):
+            await asyncio.sleep(0)
+            future: asyncio.Future[None] = loop.create_future()
+            loop.call_soon(future.set_result, None)
+            await future
+        busy_until.append(clock.monotonic())
+
+    async def sleeper() -> float:
+        await clock.sleep(5)
+        return clock.monotonic()
+
+    async with asyncio.timeout(SAFETY_S):
+        woke_at, _ = await asyncio.gather(sleeper(), busy())
+    assert busy_until == [0.0] and woke_at == 5
+
+
+async def test_turning_autojump_on_moves_a_waiting_clock_and_advance_still_works() -> None:
+    clock = FakeClock()
+    woke: list[str] = []
+    tasks = await fall_asleep(clock, [("a", 10), ("b", 20)], woke)
+    clock.advance(10)  # by hand
+    async with asyncio.timeout(SAFETY_S):
+        await tasks["a"]
+        assert clock.monotonic() == 10 and clock.autojump_threshold is None
+        clock.autojump_threshold = 0  # the rest by itself
+        await tasks["b"]
+    assert woke == ["a", "b"] and clock.monotonic() == 20
+
+
+# -- autojump drives the real agent ----------------------------------------------------------
+
+
+def envelope(status: int, code: int, data: Any = None, **headers: str) -> Response:
+    body = {"uq": "u", "result": status < 400, "code": code, "message": "m", "build": "t"}
+    return Response(
+        status=status, headers=headers, body=json.dumps({**body, "data": data}).encode()
+    )
+
+
+async def test_autojump_runs_the_agent_loop_through_backoff_and_intervals(tmp_path: Path) -> None:
+    """The real check-in loop over a MockTransport: three 503s with Retry-After 7 are retried
+    7-7.7 s apart, then check-ins follow the 300 s interval (+-10%), with no real waiting."""
+    clock = FakeClock(autojump_threshold=0)
+    at: list[float] = []
+    fifth = asyncio.Event()
+
+    async def server(request: Request) -> Response:
+        if request.name == "register":
+            return envelope(200, 0, {"deviceUuid": "d1", "token": "t1"})
+        if request.name == "checkin":
+            at.append(clock.monotonic())
+            if len(at) == 5:
+                fifth.set()
+            if len(at) <= 3:
+                return envelope(503, 50300, **{"Retry-After": "7"})
+            return envelope(200, 0, {"nextCheckinSeconds": 300, "profiles": []})
+        return envelope(200, 0)
+
+    config = AgentConfig(
+        server="http://mock", api_key="k", state_dir=tmp_path, platform="simulated"
+    )
+    agent = Agent(
+        config=config,
+        platform=sim_platform(),
+        transport=MockTransport(server),
+        clock=clock,
+        state_store=StateStore(tmp_path),
+        outbox=Outbox(tmp_path / "outbox"),
+        rng=random.Random(7),
+    )
+    stop = asyncio.Event()
+    async with asyncio.timeout(SAFETY_S), asyncio.TaskGroup() as group:
+        group.create_task(agent.run(stop))
+        await fifth.wait()
+        stop.set()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(at)]
+    assert at[0] == 0 and all(7 <= gap <= 7.7 for gap in gaps[:3]), gaps
+    assert 270 <= gaps[3] <= 330, gaps
+    assert agent.statistics().failures == 3 and agent.statistics().checkins >= 2
