@@ -1,5 +1,9 @@
 """The agent against a real midm-server on 127.0.0.1: enrollment without a second save,
-restarts, revoked tokens, the push channel, and a server that is down or misbehaves."""
+restarts, revoked tokens, the push channel, and a server that is down or misbehaves.
+
+No test waits on the wall clock: the agent's clock is a FakeClock that only the test moves, and
+the test waits for requests, push messages, platform changes and sleeps (`Changes.until`).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from aiohttp import web
 from agent.clock import FakeClock
 from agent.errors import ApiError, ProtocolError, TransportError
 from server.clock import FixedClock
-from tests.agent.agent_harness import make_agent
+from tests.agent.agent_harness import SAFETY_S, make_agent, running
 from tests.helpers import Client, Server
 
 
@@ -123,37 +127,34 @@ async def test_sync_on_the_push_channel_triggers_a_checkin(
     server: Server, admin: Client, tmp_path: Path
 ) -> None:
     """With a long interval, a profile save (sync) makes the agent check in at once."""
-    clock = FakeClock()
+    clock = FakeClock()  # never moved: only the push channel can start a second check-in
     agent, transport = make_agent(server.base, tmp_path / "state", clock=clock)
-    stop = asyncio.Event()
-    runner = asyncio.create_task(agent.run(stop))
-    try:
-        for _ in range(200):  # bounded: enrolled, checked in once and connected
-            if agent.statistics().checkins >= 1 and agent.push_connected:
-                break
-            await asyncio.sleep(0.05)
-        assert agent.statistics().checkins == 1 and agent.push_connected
+    async with running(agent):
+        await transport.changes.until(
+            lambda: (
+                agent.statistics().checkins >= 1 and agent.push_connected and clock.sleeping == 1
+            ),
+            "enrolled, checked in once, connected and asleep",
+        )
+        assert agent.statistics().checkins == 1
         assert (await device(admin))["states"]["rtcEnabled"] is True  # type: ignore[index]
         await admin.post("/ota/api/profile/save", {"scope": {"device": ["S1"]}})
-        for _ in range(200):
-            if agent.statistics().checkins >= 2:
-                break
-            await asyncio.sleep(0.05)
+        await transport.changes.until(
+            lambda: agent.statistics().checkins >= 2, "a second check-in after the sync"
+        )
         assert agent.statistics().checkins == 2
         assert len(agent.state.profiles) == 1
-    finally:
-        stop.set()
-        await asyncio.wait_for(runner, 10)
-        await transport.close()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RELEASE = web.AppKey("release", asyncio.Event)  # set at teardown: handlers that hang return
 
 
 @pytest.fixture
 async def fake_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     """A misbehaving server on 127.0.0.1: register works, check-in does what the test says."""
     runners: list[web.AppRunner] = []
+    release = asyncio.Event()
 
     async def start(checkin: Handler) -> str:
         async def register(request: web.Request) -> web.Response:
@@ -170,6 +171,7 @@ async def fake_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
             )
 
         app = web.Application()
+        app[RELEASE] = release
         app.router.add_post("/ota/api/agent/register", register)
         app.router.add_post("/ota/api/agent/checkin", checkin)
         runner = web.AppRunner(app)
@@ -179,6 +181,7 @@ async def fake_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
         return f"http://127.0.0.1:{runner.addresses[0][1]}"
 
     yield start
+    release.set()
     for runner in runners:
         await runner.cleanup()
 
@@ -208,25 +211,28 @@ async def garbage(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     assert request.transport is not None
     request.transport.close()
-    await asyncio.sleep(1)
+    await request.app[RELEASE].wait()
     return web.Response()
 
 
 async def slow(request: web.Request) -> web.Response:
-    await asyncio.sleep(2)
+    """Never answers while the test runs (the agent's own timeout must end the request)."""
+    await request.app[RELEASE].wait()
     return web.Response()
 
 
 @pytest.mark.parametrize(
-    ("handler", "error", "needle"),
+    ("handler", "error", "needle", "timeout_s"),
     [
-        (envelope_error(500, 50000), ApiError, "code 50000"),
-        (envelope_error(503, 50300, "7"), ApiError, "code 50300"),
-        (envelope_error(429, 42900, "30"), ApiError, "code 42900"),
-        (html_page, ProtocolError, "HTML page"),
-        (garbage, ProtocolError, "not JSON"),
-        (reset, TransportError, "cannot reach"),
-        (slow, TransportError, "no answer"),
+        (envelope_error(500, 50000), ApiError, "code 50000", SAFETY_S),
+        (envelope_error(503, 50300, "7"), ApiError, "code 50300", SAFETY_S),
+        (envelope_error(429, 42900, "30"), ApiError, "code 42900", SAFETY_S),
+        (html_page, ProtocolError, "HTML page", SAFETY_S),
+        (garbage, ProtocolError, "not JSON", SAFETY_S),
+        (reset, TransportError, "cannot reach", SAFETY_S),
+        # The one real timeout: the server never answers. Had register been the request that
+        # timed out on a loaded machine, the error would read the same ("no answer").
+        (slow, TransportError, "no answer", 0.5),
     ],
 )
 async def test_misbehaving_server_gives_clear_errors(
@@ -235,10 +241,11 @@ async def test_misbehaving_server_gives_clear_errors(
     handler: Handler,
     error: type[Exception],
     needle: str,
+    timeout_s: float,
 ) -> None:
-    """500/503/429, HTML, garbage, resets and slowness each raise a typed, readable error."""
+    """500/503/429, HTML, garbage, resets and silence each raise a typed, readable error."""
     base = await fake_server(handler)
-    agent, transport = make_agent(base, tmp_path / "state", admin=False, timeout_s=0.5)
+    agent, transport = make_agent(base, tmp_path / "state", admin=False, timeout_s=timeout_s)
     with pytest.raises(error, match=needle):
         await agent.run_once()
     await transport.close()
@@ -258,17 +265,15 @@ async def test_loop_backs_off_for_retry_after(
     base = await fake_server(handler)
     clock = FakeClock()
     agent, transport = make_agent(base, tmp_path / "state", admin=False, clock=clock)
-    stop = asyncio.Event()
     runner = asyncio.create_task(agent._checkin_loop())
     try:
-        for _ in range(200):
-            if agent.statistics().failures >= 1 and clock.next_deadline() is not None:
-                break
-            await asyncio.sleep(0.02)
+        await transport.changes.until(
+            lambda: agent.statistics().failures >= 1 and clock.sleeping == 1,
+            "a failed check-in, then a backoff sleep",
+        )
         deadline = clock.next_deadline()
         assert deadline is not None and floor <= deadline <= floor * 1.1
     finally:
-        stop.set()
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         await transport.close()
@@ -282,25 +287,26 @@ async def test_server_down_at_start(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    agent, transport = make_agent(base, tmp_path / "state", admin=False, timeout_s=1)
+    agent, transport = make_agent(base, tmp_path / "state", admin=False)
     with pytest.raises(TransportError, match="cannot reach"):
         await agent.run_once()
     clock = FakeClock()
     looping, transport2 = make_agent(base, tmp_path / "state2", admin=False, clock=clock)
     runner = asyncio.create_task(looping._checkin_loop())
     try:
-        for _ in range(200):
-            if looping.statistics().failures >= 1 and clock.next_deadline() is not None:
-                break
-            await asyncio.sleep(0.02)
+        await transport2.changes.until(
+            lambda: looping.statistics().failures == 1 and clock.sleeping == 1,
+            "a first failure, then a backoff sleep",
+        )
         deadline = clock.next_deadline()
         assert deadline is not None and 0 <= deadline <= 1.0  # first retry: full jitter in [0, 1]
         clock.advance(1.0)
-        for _ in range(200):
-            if looping.statistics().failures >= 2 and clock.next_deadline() is not None:
-                break
-            await asyncio.sleep(0.02)
-        assert looping.statistics().failures >= 2
+        await transport2.changes.until(
+            lambda: looping.statistics().failures == 2 and clock.sleeping == 1,
+            "a second failure after the backoff, then a longer sleep",
+        )
+        deadline = clock.next_deadline()
+        assert deadline is not None and 0 <= deadline <= 2.0  # second retry: jitter in [0, 2]
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
@@ -315,29 +321,27 @@ async def test_wake_on_the_push_channel_wakes_the_device(
     from agent.platforms.simulated import SimulatedPlatform
 
     agent_clock = FakeClock()
-    agent, _ = make_agent(server.base, tmp_path / "state", clock=agent_clock)
+    agent, transport = make_agent(server.base, tmp_path / "state", clock=agent_clock)
     platform = agent.platform
     assert isinstance(platform, SimulatedPlatform)
     platform.is_sleeping = True
-    stop = asyncio.Event()
-    runner = asyncio.create_task(agent.run(stop))
-    try:
-        for _ in range(200):
-            if agent.statistics().checkins >= 1 and agent.push_connected:
-                break
-            await asyncio.sleep(0.05)
+    async with running(agent):
+        await transport.changes.until(
+            lambda: (
+                agent.statistics().checkins >= 1
+                and agent.push_connected
+                and agent_clock.sleeping == 1
+            ),
+            "checked in asleep, connected, waiting for the next check-in",
+        )
         clock.advance(5)
         await admin.post(
             "/ota/api/profile/save", {"scope": {"device": ["S1"]}, "profile": {"wakeToApply": True}}
         )
-        for _ in range(200):
-            if not platform.is_sleeping and agent.statistics().checkins >= 2:
-                break
-            await asyncio.sleep(0.05)
-        assert not platform.is_sleeping and agent.statistics().checkins >= 2
-    finally:
-        stop.set()
-        await asyncio.wait_for(runner, 10)
+        await transport.changes.until(
+            lambda: not platform.is_sleeping and agent.statistics().checkins >= 2,
+            "woken by the push channel, then checked in",
+        )
 
 
 async def test_state_failure_ends_the_run_with_its_message(
@@ -353,4 +357,5 @@ async def test_state_failure_ends_the_run_with_its_message(
 
     agent.state_store.save = broken  # type: ignore[method-assign]
     with pytest.raises(StateError, match="No space left"):
-        await asyncio.wait_for(agent.run(asyncio.Event()), 30)
+        async with asyncio.timeout(SAFETY_S):
+            await agent.run(asyncio.Event())

@@ -1,4 +1,8 @@
-"""The agent applies profiles end to end against midm-server, with real APKs and OTA zips."""
+"""The agent applies profiles end to end against midm-server, with real APKs and OTA zips.
+
+Tests of the running agent wait for its requests, platform changes and sleeps
+(`Changes.until`), never on the wall clock; its FakeClock is never moved.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+from agent.clock import FakeClock
 from agent.errors import TransportError
 from agent.platforms.base import AppRecord, BuildInfo, HardwareInfo
-from agent.platforms.simulated import SimulatedPlatform
 from agent.runtime.agent import Agent
 from agent.transport.base import Download
-from tests.agent.agent_harness import RecordingTransport, make_agent
+from tests.agent.agent_harness import RecordingPlatform, RecordingTransport, make_agent, running
 from tests.helpers import Client, Server, expected_apks, ota_zip
 
 FP1 = "acme/sim/sim:14/A/1:user/release-keys"
@@ -21,8 +25,8 @@ FP2 = "acme/sim/sim:14/A/2:user/release-keys"
 FP3 = "acme/sim/sim:14/A/3:user/release-keys"
 
 
-def sim(**changes: Any) -> SimulatedPlatform:
-    return SimulatedPlatform(
+def sim(**changes: Any) -> RecordingPlatform:
+    return RecordingPlatform(
         HardwareInfo(serial_no="S1", model="Sim"),
         BuildInfo(fingerprint=FP1, build_date=1700000000, device_id="sim", ab_update=True),
         **changes,
@@ -64,7 +68,7 @@ def events(server: Server, kind: str | None = None) -> list[tuple[str, str, str]
 
 
 def agent_for(
-    server: Server, tmp_path: Path, platform: SimulatedPlatform
+    server: Server, tmp_path: Path, platform: RecordingPlatform
 ) -> tuple[Agent, RecordingTransport]:
     return make_agent(server.base, tmp_path / "state", platform=platform)
 
@@ -276,49 +280,35 @@ async def test_deferred_work_resumes_on_a_platform_event(
     server: Server, admin: Client, tmp_path: Path
 ) -> None:
     """need_ac: plugging AC in wakes the running agent at once (no poll, no clock advance)."""
-    import asyncio
-
-    from agent.clock import FakeClock
-
     image = await upload_image(admin, FP2, 1800000000)
     await profile(admin, {"otas": [image], "settings": {"otas": {"need_ac": True}}})
     platform = sim(ac=False)
-    agent, _ = make_agent(server.base, tmp_path / "state", platform=platform, clock=FakeClock())
-    stop = asyncio.Event()
-    runner = asyncio.create_task(agent.run(stop))
-    try:
-        for _ in range(200):
-            if ("ota", "deferred", "need_ac") in events(server):
-                break
-            await asyncio.sleep(0.05)
-        assert ("ota", "deferred", "need_ac") in events(server)
+    clock = FakeClock()
+    agent, transport = make_agent(server.base, tmp_path / "state", platform=platform, clock=clock)
+    async with running(agent):
+        await transport.changes.until(
+            lambda: ("ota", "deferred", "need_ac") in events(server) and clock.sleeping == 1,
+            "the image deferred for need_ac, reported, and the agent asleep",
+        )
+        assert platform.reboots == 0
         platform.set_power(ac=True)
-        for _ in range(200):
-            if (await platform.build()).fingerprint == FP2:
-                break
-            await asyncio.sleep(0.05)
+        await transport.changes.until(lambda: platform.reboots == 1, "the image installed")
         assert (await platform.build()).fingerprint == FP2
-    finally:
-        stop.set()
-        await asyncio.wait_for(runner, 10)
 
 
 async def test_wake_to_apply_while_sleeping(server: Server, admin: Client, tmp_path: Path) -> None:
     """A sleeping device defers (applyWhile.sleeping false) until wakeToApply wakes it."""
-    import asyncio
-
-    from agent.clock import FakeClock
-
     platform = sim()
     platform.is_sleeping = True
-    agent, _ = make_agent(server.base, tmp_path / "state", platform=platform, clock=FakeClock())
-    stop = asyncio.Event()
-    runner = asyncio.create_task(agent.run(stop))
-    try:
-        for _ in range(200):
-            if agent.statistics().checkins >= 1 and agent.push_connected:
-                break
-            await asyncio.sleep(0.05)
+    clock = FakeClock()
+    agent, transport = make_agent(server.base, tmp_path / "state", platform=platform, clock=clock)
+    async with running(agent):
+        await transport.changes.until(
+            lambda: (
+                agent.statistics().checkins >= 1 and agent.push_connected and clock.sleeping == 1
+            ),
+            "checked in asleep, connected, waiting for the next check-in",
+        )
         server.clock.advance(5)  # type: ignore[attr-defined]
         await profile(
             admin,
@@ -327,14 +317,8 @@ async def test_wake_to_apply_while_sleeping(server: Server, admin: Client, tmp_p
                 "profile": {"applyWhile": {"sleeping": False}, "wakeToApply": True},
             },
         )
-        for _ in range(200):
-            if platform.settings:
-                break
-            await asyncio.sleep(0.05)
+        await transport.changes.until(lambda: bool(platform.settings), "the settings applied")
         assert platform.settings == {"wifi": {"ssid": "lab"}} and not platform.is_sleeping
-    finally:
-        stop.set()
-        await asyncio.wait_for(runner, 10)
 
 
 async def test_consent_is_asked_for_non_silent_installs(

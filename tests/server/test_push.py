@@ -1,4 +1,8 @@
-"""§7 push channel: rtcEnabled, lastDisconnected, `sync` to the devices concerned, `wake`."""
+"""§7 push channel: rtcEnabled, lastDisconnected, `sync` to the devices concerned, `wake`.
+
+Nothing here waits on the wall clock: a test waits for a message, a pong, or the server's own
+record of a closed channel; each wait has a generous safety timeout.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 
 from server.clock import FixedClock
-from tests.helpers import Client
+from server.context import CTX
+from tests.helpers import Client, Server
 from tests.server.test_agent_api import CHECKIN, enroll
 from tests.server.test_groups import make_group
+
+SAFETY_S = 60.0  # a hung test fails after this long; no test expects to come near it
 
 
 @asynccontextmanager
@@ -30,23 +38,37 @@ async def ping(ws: aiohttp.ClientWebSocketResponse) -> None:
 
 
 async def next_message(ws: aiohttp.ClientWebSocketResponse) -> Any:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(SAFETY_S):
         message = await ws.receive()
     assert message.type == aiohttp.WSMsgType.TEXT, message
     return message.json()
 
 
-async def test_rtc_enabled_and_last_disconnected(admin: Client) -> None:
-    """rtcEnabled is true while the socket is open; closing it sets lastDisconnected."""
+async def test_rtc_enabled_and_last_disconnected(
+    server: Server, admin: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rtcEnabled is true while the socket is open; closing it sets lastDisconnected (written
+    with the next check-in batch, which the test runs itself rather than wait for its timer)."""
+    assert server.runner is not None
+    context = server.runner.app[CTX]
+    closed = asyncio.Event()
+    record = context.checkins.channel
+
+    def channel(device_uuid: str, connected: bool) -> None:
+        record(device_uuid, connected)
+        if not connected:
+            closed.set()
+
+    monkeypatch.setattr(context.checkins, "channel", channel)
     device = await enroll(admin, "D1")
     async with push_channel(device):
         found = (await admin.get("/ota/api/device/findBy", serialNo="D1")).data
         assert found["states"]["rtcEnabled"] is True and found["lastDisconnected"] is None
-    for _ in range(200):  # the close is noticed, then written with a batch; bounded wait
-        found = (await admin.get("/ota/api/device/findBy", serialNo="D1")).data
-        if found["lastDisconnected"] is not None:
-            break
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(SAFETY_S):
+        await closed.wait()  # the server noticed the close
+        await context.checkins.flush()  # the batch that carries it (unless one already took it)
+        await context.db.write(lambda conn: None)  # one writer thread: earlier batches committed
+    found = (await admin.get("/ota/api/device/findBy", serialNo="D1")).data
     assert found["states"]["rtcEnabled"] is False
     assert found["lastDisconnected"] == "2026-09-21T14:13:20.000Z"
 
@@ -114,7 +136,7 @@ async def test_revocation_closes_the_channel(admin: Client) -> None:
         await admin.post(
             "/ota/api/device/save", [{"profile": {"hardware_info": {"serial_no": "D1"}}}]
         )
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(SAFETY_S):
             message = await ws.receive()
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == 4401
