@@ -3,11 +3,9 @@ an incomplete hardware identity is said once, and the push channel comes back wi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,21 +17,16 @@ from structlog.testing import capture_logs
 from agent.cli import make_platform
 from agent.clock import FakeClock
 from agent.config import AgentConfig
-from agent.errors import TransportError
 from agent.platforms.base import Platform, gather_facts
 from agent.platforms.linux import LinuxPlatform
-from agent.platforms.simulated import SimulatedPlatform
-from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
 from agent.runtime.outbox import Outbox
 from agent.runtime.state import StateStore
-from agent.transport.client import AiohttpPush
-from tests.agent.agent_harness import RecordingTransport, make_agent
+from tests.agent.agent_harness import RecordingPlatform, RecordingTransport, make_agent, running
 from tests.helpers import Client, Server, ota_zip
 
 FP1 = "acme/rig/rig:14/A/1:user/release-keys"
 FP2 = "acme/rig/rig:14/A/2:user/release-keys"
-WAIT_S = 30.0  # bounds a wait for an event that should come at once; reached only on failure
 
 
 def rig_tree(root: Path, *, dmi: dict[str, str] | None = None) -> Path:
@@ -178,85 +171,38 @@ async def test_facts_fill_what_dmi_lacks(tmp_path: Path) -> None:
 # -- 10: the push channel after an outage -------------------------------------------------------
 
 
-class HookedTransport(RecordingTransport):
-    """The real transport, announcing answered requests and the push channel's ups and downs."""
-
-    def __init__(self, base_url: str) -> None:
-        super().__init__(base_url, timeout_s=5.0)
-        self.answered: dict[str, asyncio.Event] = {}
-        self.unreachable: dict[str, asyncio.Event] = {}
-        self.push_opened = asyncio.Event()
-        self.push_ended = asyncio.Event()
-
-    def answer(self, name: str) -> asyncio.Event:
-        return self.answered.setdefault(name, asyncio.Event())
-
-    def failure(self, name: str) -> asyncio.Event:
-        return self.unreachable.setdefault(name, asyncio.Event())
-
-    async def send(self, request: Request) -> Response:
-        try:
-            response = await super().send(request)
-        except TransportError:
-            self.failure(request.name).set()
-            raise
-        if response.status == 200:
-            self.answer(request.name).set()
-        return response
-
-    @asynccontextmanager
-    async def open_push(self, path: str, headers: Mapping[str, str]) -> AsyncIterator[AiohttpPush]:
-        try:
-            async with super().open_push(path, headers) as channel:
-                self.push_opened.set()
-                yield channel
-        finally:
-            self.push_ended.set()
-
-
-async def within(event: asyncio.Event, what: str) -> None:
-    try:
-        async with asyncio.timeout(WAIT_S):
-            await event.wait()
-    except TimeoutError:
-        pytest.fail(f"{what}: did not happen")
-
-
 async def test_push_reconnects_after_the_first_checkin_that_succeeds(
     server: Server, admin: Client, tmp_path: Path
 ) -> None:
     """Server down, then up again on the same port: the first check-in that succeeds brings the
     push channel back at once (rtcEnabled true), without waiting for the push backoff: the
     agent's clock never moves in this test."""
-    clock = FakeClock()
-    agent, _ = make_agent(server.base, tmp_path / "state", clock=clock)
-    agent.transport = transport = HookedTransport(server.base)
-    platform = agent.platform
-    assert isinstance(platform, SimulatedPlatform)
+    clock = FakeClock()  # never moved: only a check-in can end the push channel's backoff
+    agent, transport = make_agent(server.base, tmp_path / "state", clock=clock)
+    platform, changes, stats = agent.platform, transport.changes, agent.statistics
+    assert isinstance(platform, RecordingPlatform)
     port = urlsplit(server.base).port
     assert port is not None
     server.config = replace(server.config, port=port)  # the restart below takes the same port
-    stop = asyncio.Event()
-    runner = asyncio.create_task(agent.run(stop))
-    try:
-        await within(transport.answer("apps"), "first cycle")  # check-in, then its inventory
-        await within(transport.push_opened, "first push connection")
-        transport.push_ended.clear()
+    async with running(agent):
+        await changes.until(
+            lambda: stats().checkins == 1 and agent.push_connected and clock.sleeping == 1,
+            "first cycle done, push channel open",
+        )
         await server.stop()
-        await within(transport.push_ended, "push channel closed by the shutdown")
+        await changes.until(
+            lambda: not agent.push_connected and clock.sleeping == 2,
+            "push channel closed by the shutdown, its backoff begun",
+        )
         platform.set_power(ac=False)  # a platform event: check in now, into the outage
-        await within(transport.failure("checkin"), "check-in during the outage")
-        assert not agent.push_connected
+        await changes.until(
+            lambda: stats().failures == 1 and clock.sleeping == 2,
+            "check-in failed during the outage, its backoff begun",
+        )
         await server.start()
-        transport.answer("checkin").clear()
-        transport.push_opened.clear()
         platform.set_power(ac=True)  # cuts the check-in backoff short; the push's is untouched
-        await within(transport.answer("checkin"), "check-in after the outage")
-        await within(transport.push_opened, "push reconnection after the check-in")
+        await changes.until(lambda: stats().checkins == 2, "check-in after the outage")
+        await changes.until(lambda: agent.push_connected, "push channel back after the check-in")
         assert clock.monotonic() == 0.0
         found = (await admin.get("/ota/api/device/findBy", serialNo="S1")).data
         assert found["states"]["rtcEnabled"] is True
-    finally:
-        stop.set()
-        async with asyncio.timeout(WAIT_S):
-            await runner
