@@ -51,9 +51,14 @@ class Timing:
         }
 
 
+STOP_TIMEOUT_S = 30  # from SIGTERM to exit; SIGKILL after that
+
+
 @asynccontextmanager
 async def server_process(db: Path) -> AsyncIterator[str]:
-    """`midm-server --port 0` on `db`, in a separate process; yields its base URL."""
+    """`midm-server --port 0` on `db`, in a separate process; yields its base URL once it logs
+    `server.listening` (signals are handled from then on). At the end: SIGTERM, a bounded wait
+    for the exit, SIGKILL only if that runs out."""
     env = {
         **os.environ,
         "MIDM_API_KEY": API_KEY,
@@ -73,25 +78,44 @@ async def server_process(db: Path) -> AsyncIterator[str]:
     assert process.stderr is not None
     stderr = process.stderr
     try:
-        url = ""
-        async with asyncio.timeout(60):
-            while not url:
-                line = await stderr.readline()
-                if not line:
-                    raise RuntimeError("midm-server exited before listening")
-                event = json.loads(line)
-                url = event.get("url", "") if event.get("event") == "server.listening" else ""
+        url = await _until_listening(stderr)
         async with asyncio.TaskGroup() as group:
-            drain = group.create_task(stderr.read())  # keep the pipe from filling up
+            group.create_task(stderr.read())  # keep the pipe from filling up
             try:
                 yield url
             finally:
                 process.send_signal(signal.SIGTERM)
-                await drain
+                await _wait_exit(process)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
+        if process.returncode is None:  # it never listened, or the body failed before SIGTERM
+            process.kill()
+            await process.wait()
+
+
+async def _until_listening(stderr: asyncio.StreamReader) -> str:
+    seen: list[str] = []
+    async with asyncio.timeout(60):
+        while True:
+            line = await stderr.readline()
+            if not line:
+                raise RuntimeError("midm-server exited before listening: " + "".join(seen[-5:]))
+            seen.append(line.decode(errors="replace"))
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "server.listening":
+                return str(event["url"])
+
+
+async def _wait_exit(process: asyncio.subprocess.Process) -> None:
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await process.wait()
+    except TimeoutError:
+        process.kill()
         await process.wait()
+        raise RuntimeError(f"midm-server ignored SIGTERM for {STOP_TIMEOUT_S} s; killed") from None
 
 
 async def login(http: aiohttp.ClientSession, base: str) -> dict[str, str]:

@@ -206,11 +206,17 @@ def prepare_database(config: ServerConfig) -> None:
 
 
 async def serve(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT. The handlers are installed before anything else, so that
+    `server.listening` means "a signal now stops the server cleanly"."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=10)
+        site = web.TCPSite(runner, config.host, config.port)
         try:
             await site.start()
         except OSError as exc:
@@ -226,10 +232,6 @@ async def serve(config: ServerConfig) -> None:
             db=str(config.db_path),
             build=BUILD,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         log.info("server.stopping")
     finally:

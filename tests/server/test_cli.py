@@ -26,41 +26,102 @@ def env(**values: str) -> dict[str, str]:
     return {**base, **values}
 
 
-@asynccontextmanager
-async def running_server(db: Path, environ: dict[str, str]) -> AsyncIterator[tuple[str, list[str]]]:
-    """Start `midm-server --port 0`, yield its URL and its log lines; SIGTERM it at the end."""
-    process = await asyncio.create_subprocess_exec(
+STOP_TIMEOUT_S = 30  # SIGTERM to exit; generous for a loaded machine, then SIGKILL
+
+
+async def spawn_server(db: Path, environ: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         str(BIN / "midm-server"),
         "--db",
         str(db),
         "--port",
         "0",
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env=environ,
     )
+
+
+async def until_listening(process: asyncio.subprocess.Process, lines: list[str]) -> str:
+    """Collect log lines up to `server.listening`; return its URL."""
     assert process.stderr is not None
-    lines: list[str] = []
-    url = ""
+    async with asyncio.timeout(STOP_TIMEOUT_S):
+        while True:
+            line = (await process.stderr.readline()).decode()
+            assert line, f"server exited before listening: {lines}"
+            lines.append(line)
+            event = json.loads(line)
+            if event["event"] == "server.listening":
+                return str(event["url"])
+
+
+async def read_rest(process: asyncio.subprocess.Process, lines: list[str]) -> None:
+    assert process.stderr is not None
+    async for line in process.stderr:
+        lines.append(line.decode())
+
+
+async def stop_server(process: asyncio.subprocess.Process) -> int:
+    """SIGTERM a running server, then wait for its exit."""
+    process.send_signal(signal.SIGTERM)
+    return await wait_exit(process)
+
+
+async def wait_exit(process: asyncio.subprocess.Process) -> int:
+    """Wait a bounded time for the exit; SIGKILL only as the last resort.
+
+    Never signal a process that may have exited: Popen.send_signal() polls first and would reap
+    it behind asyncio's child watcher, which then reports exit status 255."""
     try:
-        async with asyncio.timeout(30):
-            while not url:
-                line = (await process.stderr.readline()).decode()
-                assert line, f"server exited early: {lines}"
-                lines.append(line)
-                event = json.loads(line)
-                if event["event"] == "server.listening":
-                    url = event["url"]
-        yield url, lines
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            return await process.wait()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"midm-server ignored SIGTERM for {STOP_TIMEOUT_S} s") from None
+
+
+@asynccontextmanager
+async def running_server(db: Path, environ: dict[str, str]) -> AsyncIterator[tuple[str, list[str]]]:
+    """Start `midm-server --port 0`, yield its URL and its log lines once it listens; at the end
+    SIGTERM it and expect exit 0 after `server.stopped`."""
+    process = await spawn_server(db, environ)
+    lines: list[str] = []
+    try:
+        url = await until_listening(process, lines)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(read_rest(process, lines))  # keeps the pipe from filling up
+            try:
+                yield url, lines
+            finally:
+                code = await stop_server(process)
     finally:
-        if process.returncode is None:
+        if process.returncode is None:  # failed before stop_server: do not leave it running
+            process.kill()
+            await process.wait()
+    assert code == 0, lines
+    assert any('"server.stopped"' in line for line in lines), lines
+
+
+async def test_sigterm_as_soon_as_listening_stops_cleanly(tmp_path: Path) -> None:
+    """`server.listening` means SIGTERM is handled: a SIGTERM sent the instant the line appears
+    ends in `server.stopped` and exit 0 (five times, to give a start-up race its chances)."""
+    db = tmp_path / "db.sqlite"
+    for _ in range(5):
+        process = await spawn_server(db, env(MIDM_API_KEY="k", MIDM_ADMIN_PASSWORD="pw"))
+        lines: list[str] = []
+        try:
+            await until_listening(process, lines)
             process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            rest = (await process.stderr.read()).decode()
-            code = await process.wait()
-        lines.extend(rest.splitlines())
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await read_rest(process, lines)
+            code = await wait_exit(process)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
         assert code == 0, lines
-        assert any('"server.stopped"' in line for line in lines)
+        assert json.loads(lines[-1])["event"] == "server.stopped", lines
 
 
 async def test_serves_with_environment_credentials(tmp_path: Path) -> None:
