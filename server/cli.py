@@ -5,7 +5,14 @@
     midm-server site list --db PATH [--json]
 
 Errors are printed as one line (`midm-server: error: ...`) with exit status 2 for bad settings
-and 1 for run-time failures; never a traceback. SIGTERM and SIGINT shut down cleanly.
+and 1 for run-time failures; never a traceback. SIGTERM and SIGINT shut down cleanly; they are
+handled from the `server.listening` line on.
+
+Serving binds the port before it touches the database: a taken port fails having written
+nothing. Decision [ours]: `site add` and `site list` work on an existing database only; on a
+missing --db they fail (exit 2, "no database at PATH") and create nothing. A database is made by
+the server's first start (first site, credentials file), so a mistyped path can never become a
+second database whose sites the running server does not know.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -38,6 +46,7 @@ from server.config import (
     default_db_path,
 )
 from server.errors import ConfigError, ServerError
+from server.listener import bind, url_of
 from server.logsetup import LEVELS, configure_logging
 from server.store import sites
 from server.store.db import Database
@@ -149,9 +158,14 @@ def _print_site(created: NewSite, as_json: bool) -> None:
 
 
 def site_command(args: argparse.Namespace) -> int:
-    if not args.site_db.parent.exists():
-        raise ConfigError(f"--db: folder {args.site_db.parent} does not exist")
-    db = _open_db(args.site_db)
+    path: Path = args.site_db
+    if path.is_dir():
+        raise ConfigError(f"--db: {path} is a folder; give the database file's path")
+    if not path.exists():
+        raise ConfigError(
+            f"no database at {path}; check --db (the server creates a database on its first start)"
+        )
+    db = _open_db(path)
     try:
         if args.site_command == "add":
             name = args.name.strip()
@@ -205,9 +219,9 @@ def prepare_database(config: ServerConfig) -> None:
         )
 
 
-async def serve(config: ServerConfig) -> None:
-    """Serve until SIGTERM or SIGINT. The handlers are installed before anything else, so that
-    `server.listening` means "a signal now stops the server cleanly"."""
+async def serve(config: ServerConfig, sockets: list[socket.socket]) -> None:
+    """Serve on the bound `sockets` until SIGTERM or SIGINT. The handlers are installed before
+    anything else, so that `server.listening` means "a signal now stops the server cleanly"."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -216,19 +230,11 @@ async def serve(config: ServerConfig) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
-            ) from exc
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else config.port
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
         log.info(
             "server.listening",
-            url=f"http://{config.host}:{port}",
+            url=url_of(config.host, sockets),
             db=str(config.db_path),
             build=BUILD,
         )
@@ -249,20 +255,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         db_path = (args.db or default_db_path()).expanduser()
         if db_path.is_dir():
             raise ConfigError(f"--db: {db_path} is a folder; give the database file's path")
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        config = ServerConfig.for_db(
-            db_path,
-            files_dir=args.files_dir,
-            host=args.host,
-            port=args.port,
-            max_json_bytes=args.max_json_bytes,
-            max_upload_bytes=args.max_upload_bytes,
-            token_ttl_s=args.token_ttl,
-            checkin_interval_s=args.checkin_interval,
-            seed=SeedSite.from_env(),
-        )
-        prepare_database(config)
-        asyncio.run(serve(config))
+        sockets = bind(args.host, args.port)  # first: a taken port must leave no files behind
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            config = ServerConfig.for_db(
+                db_path,
+                files_dir=args.files_dir,
+                host=args.host,
+                port=args.port,
+                max_json_bytes=args.max_json_bytes,
+                max_upload_bytes=args.max_upload_bytes,
+                token_ttl_s=args.token_ttl,
+                checkin_interval_s=args.checkin_interval,
+                seed=SeedSite.from_env(),
+            )
+            prepare_database(config)
+            asyncio.run(serve(config, sockets))
+        finally:
+            for sock in sockets:
+                sock.close()
         return 0
     except ConfigError as exc:
         sys.stderr.write(f"midm-server: error: {exc}\n")

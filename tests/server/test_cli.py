@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from server.store.db import Database
 from tests.helpers import Client
 
 BIN = Path(sys.executable).parent
@@ -174,6 +175,9 @@ def run_cli(*args: str, environ: dict[str, str] | None = None) -> subprocess.Com
 async def test_site_add_and_list(tmp_path: Path) -> None:
     """`site add --json` prints the new site's secrets once; `site list` shows no secrets."""
     db = tmp_path / "db.sqlite"
+    empty = Database(db)  # an existing database: `site add` does not create one
+    empty.migrate()
+    empty.close()
     added = run_cli(
         "site", "add", "field", "--db", str(db), "--admin-email", "ops@field.test", "--json"
     )
@@ -193,25 +197,51 @@ async def test_site_add_and_list(tmp_path: Path) -> None:
         await client.login("ops@field.test", created["adminPassword"])
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("midm-server: error: "), result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), result.stderr
+    assert needle in result.stderr, result.stderr
+
+
 async def test_bad_settings_fail_with_one_line(tmp_path: Path) -> None:
-    """A folder as --db, a corrupt database, a bad port, a taken port: one clear line, exit 2."""
+    """A folder as --db, a corrupt database, a bad port: one clear line, exit 2."""
     corrupt = tmp_path / "corrupt.sqlite"
     corrupt.write_bytes(b"this is not a database" * 100)
+    cases = [
+        (["--db", str(tmp_path), "--port", "0"], "is a folder"),
+        (["--db", str(corrupt), "--port", "0"], "not a usable SQLite database"),
+        (["--db", str(tmp_path / "x.sqlite"), "--port", "70000"], "not a port number"),
+    ]
+    for args, needle in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert needle in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_taken_port_fails_before_writing_anything(tmp_path: Path) -> None:
+    """On a port in use the server fails with one line and exit 2, and has written nothing:
+    no database, no credentials file, not even the database's folder."""
+    db = tmp_path / "new" / "db.sqlite"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        cases = [
-            (["--db", str(tmp_path)], "is a folder"),
-            (["--db", str(corrupt)], "not a usable SQLite database"),
-            (["--db", str(tmp_path / "x.sqlite"), "--port", "70000"], "not a port number"),
-            (["--db", str(tmp_path / "y.sqlite"), "--port", port], "cannot listen"),
-        ]
-        for args, needle in cases:
-            result = run_cli(*args)
-            assert result.returncode == 2, (args, result.stderr)
-            assert needle in result.stderr, result.stderr
-            assert "Traceback" not in result.stderr
+        result = run_cli("--db", str(db), "--port", port)
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_site_commands_refuse_a_missing_database(tmp_path: Path) -> None:
+    """`site list` and `site add` on a missing --db exit 2 with one line naming the path, and
+    create nothing (a mistyped path must not become a second, empty database)."""
+    missing = tmp_path / "missing.sqlite"
+    for args in (["site", "list"], ["site", "add", "field"], ["site", "list", "--json"]):
+        result = run_cli(*args, "--db", str(missing))
+        assert_one_line_error(result, f"no database at {missing}")
+        assert result.stdout == ""
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_other_console_scripts_exist() -> None:
