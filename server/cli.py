@@ -190,13 +190,22 @@ def site_command(args: argparse.Namespace) -> int:
 
 
 def prepare_database(config: ServerConfig) -> None:
-    """Migrate, create the first site on a new database, and say where its secrets are."""
+    """Migrate, create the first site on a new database, and say where its secrets are (or
+    that MIDM_* seed variables are ignored because the database has its sites already)."""
     db = _open_db(config.db_path)
     try:
         created = ensure_first_site(db, config.seed, SystemClock())
     finally:
         db.close()
     if created is None:
+        if config.seed.variables:
+            log.warning(
+                "server.seed_ignored",
+                variables=list(config.seed.variables),
+                db=str(config.db_path),
+                hint="these only seed a new database's first site: use a new --db, or the "
+                "credentials of this database's sites",
+            )
         return
     credentials = config.db_path.with_name(config.db_path.name + ".credentials.json")
     if created.apiKey is not None or created.adminPassword is not None:

@@ -26,6 +26,9 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("midm-fleet")) / "midm.sqlite"
 
 
+SEED_VARIABLES = ("MIDM_SITE", "MIDM_API_KEY", "MIDM_ADMIN_EMAIL", "MIDM_ADMIN_PASSWORD")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SeedSite:
     """What a new database's first site is made of (MIDM_SITE, MIDM_API_KEY, ...)."""
@@ -34,6 +37,7 @@ class SeedSite:
     api_key: str | None = None
     admin_email: str | None = None
     admin_password: str | None = None
+    variables: tuple[str, ...] = ()  # the MIDM_* names that were set, to say they are ignored
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SeedSite:
@@ -43,6 +47,7 @@ class SeedSite:
             api_key=env.get("MIDM_API_KEY") or None,
             admin_email=env.get("MIDM_ADMIN_EMAIL") or None,
             admin_password=env.get("MIDM_ADMIN_PASSWORD") or None,
+            variables=tuple(name for name in SEED_VARIABLES if env.get(name)),
         )
 
 

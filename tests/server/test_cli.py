@@ -16,8 +16,9 @@ from typing import Any
 
 import aiohttp
 
+from server.config import ServerConfig
 from server.store.db import Database
-from tests.helpers import Client
+from tests.helpers import Client, fixed_clock, seed_sites
 
 BIN = Path(sys.executable).parent
 
@@ -142,6 +143,7 @@ async def test_serves_with_environment_credentials(tmp_path: Path) -> None:
         verify = await client.get("/portal/V1/auth/token-verify", siteId="lab")
         assert verify.status == 200
     assert not any("s3cret-pw" in line for line in lines)
+    assert not any("server.seed_ignored" in line for line in lines)  # they seeded the new db
     assert not (tmp_path / "db.sqlite.credentials.json").exists()
 
 
@@ -159,6 +161,21 @@ async def test_new_database_writes_generated_secrets_once(tmp_path: Path) -> Non
             await client.login(secrets["adminEmail"], secrets["adminPassword"])
     async with running_server(db, env()) as (_, lines):
         assert not any('"server.first_site"' in line for line in lines)
+
+
+async def test_seed_variables_on_an_existing_database_are_reported(tmp_path: Path) -> None:
+    """MIDM_* set for a database that has its sites already: a `server.seed_ignored` warning
+    names the variables (never their values) and the database, with a hint."""
+    db = tmp_path / "db.sqlite"
+    seed_sites(ServerConfig.for_db(db), fixed_clock(), ["alpha"])
+    environ = env(MIDM_SITE="lab", MIDM_API_KEY="k-lab-value", MIDM_ADMIN_PASSWORD="pw-value")
+    async with running_server(db, environ) as (_, lines):
+        events = [json.loads(line) for line in lines]
+    (warning,) = [e for e in events if e["event"] == "server.seed_ignored"]
+    assert warning["level"] == "warning"
+    assert warning["variables"] == ["MIDM_SITE", "MIDM_API_KEY", "MIDM_ADMIN_PASSWORD"]
+    assert warning["db"] == str(db) and "--db" in warning["hint"]
+    assert not any(value in line for line in lines for value in ("k-lab-value", "pw-value"))
 
 
 def run_cli(*args: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
