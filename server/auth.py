@@ -1,7 +1,9 @@
 """Credentials: hashing of keys, passwords and tokens, and who a request is (§2).
 
 API keys, access tokens and device tokens are high-entropy random strings: stored as sha256.
-Passwords are stored with scrypt (n=2**14, r=8, p=1, 16-byte salt) as `scrypt$salt$hash` (hex).
+Passwords are stored with scrypt (n=2**14, r=8, p=1, 16-byte salt) as `scrypt$n$r$p$salt$hash`
+(hex), so a hash carries its own cost; the older `scrypt$salt$hash` verifies as n=2**14, r=8,
+p=1. Only tests ask `hash_password` for a lower n; nothing in the server or its CLI can.
 Resolved API keys are cached in memory (keys are never revoked while the server runs); access
 tokens are cached until they expire or are revoked by logout through this process.
 """
@@ -18,7 +20,9 @@ from server.errors import Unauthorized
 from server.store import devices, sites
 from server.store.db import Database
 
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+PASSWORD_COST = 2**14  # scrypt n of every hash the server writes
+_R, _P, _DKLEN = 8, 1, 32
+_MAX_N = 2**17  # stored costs above this are refused rather than computed (128 MiB at r=8)
 
 
 def hash_secret(secret: str) -> str:
@@ -29,21 +33,35 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def hash_password(password: str) -> str:
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    maxmem = 128 * r * (n + 2 + p) + 2**20  # what OpenSSL needs, whose default cap is 32 MiB
+    return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=_DKLEN, maxmem=maxmem)
+
+
+def hash_password(password: str, *, cost: int = PASSWORD_COST) -> str:
+    """`scrypt$n$r$p$salt$hash` with n=`cost` (a power of two; tests pass a tiny one)."""
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
-    return f"scrypt${salt.hex()}${digest.hex()}"
+    digest = _scrypt(password, salt, cost, _R, _P)
+    return f"scrypt${cost}${_R}${_P}${salt.hex()}${digest.hex()}"
 
 
 def verify_password(password: str, stored: str) -> bool:
+    parts = stored.split("$")
     try:
-        scheme, salt_hex, digest_hex = stored.split("$")
+        if len(parts) == 3:  # before the cost was stored
+            n, r, p = PASSWORD_COST, _R, _P
+        elif len(parts) == 6:
+            n, r, p = (int(value) for value in parts[1:4])
+        else:
+            return False
+        salt, digest = bytes.fromhex(parts[-2]), bytes.fromhex(parts[-1])
     except ValueError:
         return False
-    if scheme != "scrypt":
+    if parts[0] != "scrypt" or not 1 < n <= _MAX_N or n & (n - 1):
         return False
-    digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt_hex), **_SCRYPT)
-    return hmac.compare_digest(digest.hex(), digest_hex)
+    if not (0 < r <= 32 and 0 < p <= 16):
+        return False
+    return hmac.compare_digest(_scrypt(password, salt, n, r, p), digest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from server.auth import hash_password, hash_secret, new_secret
+from server.auth import PASSWORD_COST, hash_password, hash_secret, new_secret
 from server.clock import Clock
 from server.config import SeedSite
 from server.store import sites
@@ -29,11 +29,14 @@ class NewSite:
     adminPassword: str | None  # noqa: N815 - None when the password came from the environment
 
 
-def create_site(db: Database, seed: SeedSite, clock: Clock) -> NewSite:
+def create_site(
+    db: Database, seed: SeedSite, clock: Clock, *, password_cost: int = PASSWORD_COST
+) -> NewSite:
+    """A site with its API key and admin. `password_cost` (scrypt n) is lowered by tests only."""
     key = seed.api_key or new_secret()
     password = seed.admin_password or new_secret()[:20]
     email = seed.admin_email or f"admin@{seed.name}.local"
-    password_hash = hash_password(password)
+    password_hash = hash_password(password, cost=password_cost)
 
     def write(conn: sqlite3.Connection) -> str:
         now = clock.now_ms()

@@ -169,6 +169,9 @@ class Server:
         return sorted(p for p in self.config.files_dir.rglob("*") if p.is_file())
 
 
+TEST_PASSWORD_COST = 2**4  # scrypt n for test admins: the hash stores it, so logins are cheap too
+
+
 def seed_sites(config: ServerConfig, clock: Clock, names: list[str]) -> dict[str, Site]:
     db = Database(config.db_path)
     try:
@@ -181,7 +184,7 @@ def seed_sites(config: ServerConfig, clock: Clock, names: list[str]) -> dict[str
                 admin_email=f"admin@{name}.test",
                 admin_password=f"pw-{name}",
             )
-            created: NewSite = create_site(db, seed, clock)
+            created: NewSite = create_site(db, seed, clock, password_cost=TEST_PASSWORD_COST)
             sites[name] = Site(
                 created.siteUuid,
                 name,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
 
+from server.auth import hash_password, verify_password
+from server.bootstrap import create_site
 from server.clock import FixedClock
-from tests.helpers import Client, Server
+from server.config import SeedSite
+from server.store import sites
+from server.store.db import Database
+from tests.helpers import TEST_PASSWORD_COST, Client, Server, fixed_clock
 
 
 async def test_login_verify_logout(server: Server, http: aiohttp.ClientSession) -> None:
@@ -128,3 +135,71 @@ async def test_site_selection_by_query(server: Server, admin: Client) -> None:
     for params in ({"siteUuid": beta.uuid}, {"siteId": "beta"}, {"siteUuid": "unknown"}):
         reply = await admin.get("/ota/api/device/group/all", **params)
         assert (reply.status, reply.code) == (403, 40300)
+
+
+# Written by the server before hashes carried their cost (scrypt n=2**14, r=8, p=1).
+LEGACY_HASH = (
+    "scrypt$e18f366d44f4382d2773ad85a0d06710"
+    "$456be4a6da63d27418b68fc2cbdf5c3b41c8933e06008fc2af8e4ad46ffcbd29"
+)
+
+
+def test_new_password_hashes_have_production_cost() -> None:
+    """By default a hash is scrypt n=2**14, r=8, p=1 with a 16-byte salt, and says so."""
+    stored = hash_password("pw")
+    scheme, n, r, p, salt, digest = stored.split("$")
+    assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
+    assert len(bytes.fromhex(salt)) == 16 and len(bytes.fromhex(digest)) == 32
+    assert verify_password("pw", stored) and not verify_password("pW", stored)
+
+
+def test_created_sites_get_production_cost(tmp_path: Path) -> None:
+    """create_site hashes the admin password at production cost unless told otherwise."""
+    db = Database(tmp_path / "db.sqlite")
+    try:
+        db.migrate()
+        create_site(db, SeedSite(name="prod", admin_password="pw"), fixed_clock())
+        user = db.read_sync(sites.user_by_email, "admin@prod.local")
+    finally:
+        db.close()
+    assert user is not None
+    stored = user["password_hash"]
+    assert stored.startswith("scrypt$16384$8$1$") and verify_password("pw", stored)
+
+
+def test_old_format_hashes_still_verify() -> None:
+    """`scrypt$salt$hash` from before the cost was stored verifies as n=2**14, r=8, p=1."""
+    assert verify_password("old-format-pw", LEGACY_HASH)
+    assert not verify_password("old-format-pW", LEGACY_HASH)
+
+
+def test_cheap_cost_is_stored_in_the_hash() -> None:
+    """A cost given for tests is kept in the hash, so verifying it is as cheap."""
+    stored = hash_password("pw", cost=2**4)
+    assert stored.startswith("scrypt$16$8$1$")
+    assert verify_password("pw", stored) and not verify_password("pW", stored)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "",
+        "scrypt$aa",
+        "bcrypt$aa$bb",
+        "scrypt$15$8$1$aa$bb",  # n not a power of two
+        "scrypt$x$8$1$aa$bb",
+        "scrypt$16$8$1$zz$bb",
+        f"scrypt${2**30}$8$1$aa$bb",  # beyond any cost we write: refused, not computed
+    ],
+)
+def test_malformed_hashes_never_verify(stored: str) -> None:
+    """A stored value that is not a hash we write never verifies, and never raises."""
+    assert not verify_password("pw", stored)
+
+
+async def test_fixture_sites_are_cheap_to_log_in(server: Server, admin: Client) -> None:
+    """Test sites hash at TEST_PASSWORD_COST (set-up speed), and log in with it."""
+    hashes = [row[0] for row in server.sql("SELECT password_hash FROM users")]
+    assert len(hashes) == 2
+    assert all(h.startswith(f"scrypt${TEST_PASSWORD_COST}$") for h in hashes)
+    assert (await admin.get("/portal/V1/auth/token-verify")).status == 200
