@@ -2,7 +2,8 @@
 
 Every response is the envelope of §1: ApiError -> its code; aiohttp's 404/405/413 -> 40400,
 40500, 41300; anything else -> 50000 with a `uq` that the log line carries with the traceback.
-`siteUuid`/`siteId` in a query must name the caller's own site (else 40300).
+`siteUuid`/`siteId` in a query must name the caller's own site (else 40300). A body that a
+handler left unread is answered and dropped by `server.bodies` (never holds a shutdown up).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from server.auth import Authenticator
 from server.blobs import BlobStore
+from server.bodies import UnreadBodies
 from server.checkins import Checkins
 from server.clock import Clock, SystemClock
 from server.config import ServerConfig
@@ -169,8 +171,10 @@ def create_app(config: ServerConfig, *, clock: Clock | None = None) -> web.Appli
         checkins=Checkins(db, clock, config.checkin_flush_s),
         wakes=WakeScheduler(db, hub, clock),
     )
+    unread = UnreadBodies()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=config.max_json_bytes
+        middlewares=[unread.middleware, error_middleware, auth_middleware],
+        client_max_size=config.max_json_bytes,
     )
     app[CTX] = context
     add_routes(app)
@@ -193,6 +197,7 @@ def create_app(config: ServerConfig, *, clock: Clock | None = None) -> web.Appli
         db.close()
 
     async def close_sockets(app: web.Application) -> None:
+        unread.stop()
         await hub.close_all()
 
     app.on_shutdown.append(close_sockets)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from server.app import create_app
+from server.clock import FixedClock
+from server.config import ServerConfig
 from tests.conftest import StartServer
 from tests.helpers import Client, Server
 
@@ -105,3 +111,64 @@ async def test_http_error_status_and_code_agree(server: Server, admin: Client) -
     ]
     for reply in replies:
         assert reply.code // 100 == reply.status
+
+
+REFUSED_LOGIN = (
+    b"POST /portal/V1/auth HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100000000\r\n\r\n{"
+)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str]]:
+    status = await reader.readline()
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    await reader.readexactly(int(headers["content-length"]))
+    return status, headers
+
+
+@asynccontextmanager
+async def patient_server(config: ServerConfig, clock: FixedClock) -> AsyncIterator[web.AppRunner]:
+    """The app under a runner that would wait an hour for an unread body or at shutdown, so a
+    shutdown that depends on either shows as a hang, whatever the machine's speed."""
+    runner = web.AppRunner(
+        create_app(config, clock=clock), access_log=None, lingering_time=3600, shutdown_timeout=3600
+    )
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield runner
+
+
+@pytest.mark.parametrize("client_leaves", [True, False])
+async def test_refused_body_never_holds_up_shutdown(
+    make_config: Callable[..., ServerConfig], clock: FixedClock, client_leaves: bool
+) -> None:
+    """A body refused before it is read (here 413 on a declared 100 MB) is answered at once with
+    `Connection: close`; the server then stops without waiting for the rest of the body, whether
+    the client went away or stays connected and silent."""
+    async with patient_server(make_config(), clock) as runner:
+        port = runner.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(REFUSED_LOGIN)
+        async with asyncio.timeout(30):
+            status, headers = await _read_response(reader)
+        assert status.startswith(b"HTTP/1.1 413 ")
+        if client_leaves:
+            writer.close()
+            await writer.wait_closed()
+        async with asyncio.timeout(30):  # never reached in 30 s unless the server lets go
+            await runner.cleanup()
+        assert headers.get("connection", "").lower() == "close"
+        if not client_leaves:
+            assert await reader.read() == b""  # the server closed the connection
+            writer.close()
+
+
+async def test_a_body_read_in_full_keeps_the_connection(admin: Client) -> None:
+    """Requests whose bodies the server reads keep their connection alive."""
+    saved = await admin.post("/ota/api/device/group/save", {"profile": {"name": "lab"}})
+    assert saved.status == 200 and "close" not in saved.headers.get("Connection", "").lower()
+    upload = await admin.upload_apk("basic-v1.apk")
+    assert upload.status == 200 and "close" not in upload.headers.get("Connection", "").lower()
