@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 
 import structlog
 from aiohttp import web
@@ -154,8 +155,13 @@ def add_routes(app: web.Application) -> None:
     )
 
 
-def create_app(config: ServerConfig, *, clock: Clock | None = None) -> web.Application:
-    """The application for `config`; the database is migrated when the app starts."""
+def create_app(
+    config: ServerConfig, *, clock: Clock | None = None, parser_pool: Executor | None = None
+) -> web.Application:
+    """The application for `config`; the database is migrated when the app starts.
+
+    Uploads are parsed in `parser_pool` if given (the caller owns it: tests share one worker
+    across servers), else in a worker process the app starts on the first upload and stops."""
     clock = clock or SystemClock()
     db = Database(config.db_path)
     blobs = BlobStore(config.files_dir)
@@ -170,6 +176,8 @@ def create_app(config: ServerConfig, *, clock: Clock | None = None) -> web.Appli
         scopes=ScopeCache(db),
         checkins=Checkins(db, clock, config.checkin_flush_s),
         wakes=WakeScheduler(db, hub, clock),
+        parser_pool=parser_pool,
+        owns_parser_pool=parser_pool is None,
     )
     unread = UnreadBodies()
     app = web.Application(
@@ -192,7 +200,7 @@ def create_app(config: ServerConfig, *, clock: Clock | None = None) -> web.Appli
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await context.checkins.flush()
-        if context.parser_pool is not None:
+        if context.parser_pool is not None and context.owns_parser_pool:
             context.parser_pool.shutdown(wait=True, cancel_futures=True)
         db.close()
 

@@ -40,7 +40,8 @@ class Context:
     scopes: ScopeCache
     checkins: Checkins
     wakes: WakeScheduler
-    parser_pool: Executor | None = None
+    parser_pool: Executor | None = None  # started on the first upload, unless given
+    owns_parser_pool: bool = True  # False: given by the caller, who shuts it down
 
 
 @dataclass(frozen=True, slots=True)

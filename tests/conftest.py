@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 
 import aiohttp
@@ -11,9 +12,19 @@ from aiohttp import web
 
 from server.clock import FixedClock
 from server.config import ServerConfig
+from server.parsing import new_parser_pool
 from tests.helpers import Client, Server, fixed_clock, seed_sites
 
 StartServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture(scope="session")
+def parser_pool() -> Iterator[Executor]:
+    """One upload-parser worker for the whole session: starting one per server (a process that
+    imports androguard) was most of the set-up time of tests that upload."""
+    pool = new_parser_pool()
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture
@@ -32,7 +43,7 @@ def make_config(tmp_path: Path) -> Callable[..., ServerConfig]:
 
 @pytest.fixture
 async def server_factory(
-    make_config: Callable[..., ServerConfig], clock: FixedClock
+    make_config: Callable[..., ServerConfig], clock: FixedClock, parser_pool: Executor
 ) -> AsyncIterator[StartServer]:
     started: list[Server] = []
 
@@ -40,7 +51,7 @@ async def server_factory(
         customize: Callable[[web.Application], None] | None = None, **overrides: object
     ) -> Server:
         config = make_config(**overrides)
-        server = Server(config=config, clock=clock, customize=customize)
+        server = Server(config=config, clock=clock, customize=customize, parser_pool=parser_pool)
         server.sites = seed_sites(config, clock, ["alpha", "beta"])
         await server.start()
         started.append(server)

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,9 +135,11 @@ class Server:
     runner: web.AppRunner | None = None
     customize: Callable[[web.Application], None] | None = None
     sites: dict[str, Site] = field(default_factory=dict)
+    parser_pool: Executor | None = None  # shared by the test session; None: the app's own
+    app: web.Application | None = None
 
     async def start(self) -> None:
-        app = create_app(self.config, clock=self.clock)
+        app = self.app = create_app(self.config, clock=self.clock, parser_pool=self.parser_pool)
         if self.customize is not None:
             self.customize(app)
         self.runner = web.AppRunner(app, access_log=None)

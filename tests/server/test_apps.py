@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import pytest
 
+from server.clock import FixedClock
+from server.config import ServerConfig
+from server.context import CTX
 from tests.conftest import StartServer
-from tests.helpers import APKS, Client, Server, expected_apks
+from tests.helpers import APKS, Client, Server, expected_apks, seed_sites
 
 VALID = ["basic-v1.apk", "basic-v2.apk", "maxsdk.apk", "nolabel.apk", "nosdk.apk", "v1only.apk"]
 
@@ -165,3 +170,46 @@ async def test_apps_are_per_site(admin: Client, other: Client) -> None:
     assert (await other.get("/ota/api/app/find")).body["totalSize"] == 0
     theirs = await other.upload_apk("basic-v1.apk")
     assert theirs.status == 200 and theirs.data["fileUuid"] != mine.data["fileUuid"]
+
+
+async def test_a_given_parser_pool_is_used_and_left_running(
+    make_config: Callable[..., ServerConfig], clock: FixedClock, http: aiohttp.ClientSession
+) -> None:
+    """create_app(parser_pool=...) parses uploads there and leaves the pool to its owner (the
+    test session shares one worker across servers); without one the app starts and stops its
+    own."""
+    pool = ThreadPoolExecutor(1)  # stands in for the worker process: same Executor seam
+    try:
+        server = Server(config=make_config(), clock=clock, parser_pool=pool)
+        server.sites = seed_sites(server.config, clock, ["alpha"])
+        await server.start()
+        site = server.sites["alpha"]
+        client = Client(http, server.base, site.key)
+        await client.login(site.email, site.password)
+        assert (await client.upload_apk("basic-v1.apk")).status == 200
+        app = server.app
+        await server.stop()
+        assert app is not None and app[CTX].parser_pool is pool
+        assert pool.submit(sum, [1, 2]).result() == 3  # not shut down by the app
+    finally:
+        pool.shutdown()
+
+
+async def test_without_a_pool_the_app_runs_its_own_parser(
+    make_config: Callable[..., ServerConfig], clock: FixedClock, http: aiohttp.ClientSession
+) -> None:
+    """As in production: the app starts its parser worker on the first upload and stops it."""
+    server = Server(config=make_config(), clock=clock)
+    server.sites = seed_sites(server.config, clock, ["alpha"])
+    await server.start()
+    site = server.sites["alpha"]
+    client = Client(http, server.base, site.key)
+    await client.login(site.email, site.password)
+    assert (await client.upload_apk("basic-v1.apk")).status == 200
+    app = server.app
+    await server.stop()
+    assert app is not None
+    own = app[CTX].parser_pool
+    assert own is not None
+    with pytest.raises(RuntimeError, match="shutdown"):
+        own.submit(sum, [1, 2])
