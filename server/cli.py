@@ -128,11 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="{add,list}")
     add = site_commands.add_parser("add", help="add a site with an admin account and an API key")
     add.add_argument("name", help="the site's short name (its siteId)")
-    add.add_argument("--db", type=Path, dest="site_db", required=True)
+    add.add_argument(
+        "--db",
+        type=Path,
+        dest="site_db",
+        required=True,
+        help="an existing database (the server creates one on its first start)",
+    )
     add.add_argument("--admin-email", default=None)
     add.add_argument("--json", action="store_true", help="print the new credentials as JSON")
     listing = site_commands.add_parser("list", help="list the sites (no secrets)")
-    listing.add_argument("--db", type=Path, dest="site_db", required=True)
+    listing.add_argument(
+        "--db", type=Path, dest="site_db", required=True, help="an existing database"
+    )
     listing.add_argument("--json", action="store_true")
     return parser
 
