@@ -7,7 +7,9 @@ Rules (AppInfo `firstInstalled` / `lastUpdated`, epoch milliseconds):
   the file's ctime, and lastUpdated. A copy that keeps its mtime (`cp -p`, rsync -a, tar) has a
   ctime later than its mtime, so ctime alone would put firstInstalled after lastUpdated.
 - Both are clamped to >= 0 (the protocol's minimum; some build tools date files before 1970).
-Hence 0 <= firstInstalled <= lastUpdated, whatever the file system says.
+Hence 0 <= firstInstalled <= lastUpdated, whatever the file system says. Platforms that are told
+both times (Android's package manager) pass them through `ordered_times`, which keeps the same
+invariant should the device's clock have jumped between install and update.
 """
 
 from __future__ import annotations
@@ -28,3 +30,12 @@ def app_times(*, remembered: int | None, ctime_ms: int, mtime_ms: int) -> AppTim
     if remembered is not None:
         first = min(first, max(0, remembered))
     return AppTimes(first_installed=first, last_updated=last)
+
+
+def ordered_times(first: int | None, last: int | None) -> tuple[int | None, int | None]:
+    """Reported (firstInstalled, lastUpdated): each >= 0, and first <= last when both known."""
+    first = None if first is None else max(0, first)
+    last = None if last is None else max(0, last)
+    if first is not None and last is not None and first > last:
+        first = last
+    return first, last

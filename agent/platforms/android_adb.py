@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.apk.inventory import CACHE_FILE, AppFiles, InventoryScanner
+from agent.apk.times import ordered_times
 from agent.errors import PlatformError
 from agent.platforms.base import AppRecord, BuildInfo, HardwareInfo, PowerState
 from agent.platforms.facts_file import override_build, override_hardware
@@ -239,7 +240,7 @@ class AndroidPlatform:
         records = []
         for _, package, code in listed:
             base = scanned.get(package) or AppRecord(package_name=package, version_code=code)
-            first, last = times.get(package, (None, None))
+            first, last = ordered_times(*times.get(package, (None, None)))
             records.append(
                 replace(
                     base,

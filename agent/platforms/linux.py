@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from agent.apk.inventory import CACHE_FILE, InventoryScanner
+from agent.apk.inventory import CACHE_FILE, InventoryScanner, folder_problem
 from agent.errors import ApkError, PlatformError
 from agent.platforms.base import AppRecord, BuildInfo, HardwareInfo, PowerState
 from agent.platforms.facts_file import override_build, override_hardware
@@ -169,7 +169,8 @@ class LinuxPlatform:
 
     def _copy_in(self, apk: Path, package: str) -> None:
         assert self.apk_dir is not None
-        self.apk_dir.mkdir(parents=True, exist_ok=True)
+        if problem := folder_problem(self.apk_dir):  # unmounted: never install beside it
+            raise PlatformError(f"--apk-dir {self.apk_dir}: cannot install there ({problem})")
         write_atomic(self.apk_dir / f"{package}.apk", apk.read_bytes(), mode=0o644)
 
     async def uninstall_app(self, package: str) -> None:

@@ -114,6 +114,7 @@ class Agent:
         self._scan: asyncio.Future[list[AppRecord]] | None = None
         self._apps: list[AppRecord] | None = None
         self.scan_wait_s: float | None = 5.0  # None: wait for the scan (run --once)
+        self.scan_error: PlatformError | None = None  # the last scan failed: its error
         self.profiles = ProfileRunner(self)
         if hasattr(platform, "on_change"):  # platforms that announce changes (AC, sleep)
             platform.on_change = self._nudge.set
@@ -222,14 +223,21 @@ class Agent:
 
         A scan still running after `scan_wait_s` keeps running (owned by the agent, awaited by
         the next check-in, cancelled at stop); meanwhile check-ins carry the last completed
-        inventory, or none before the first scan completes.
+        inventory, or none before the first scan completes. A scan that fails (its source is
+        unreadable) is logged and kept in `scan_error`: check-ins go on with the last good
+        inventory and nothing new is reported; `run_once` then fails with that error.
         """
         if self._scan is None:
             self._scan = asyncio.ensure_future(self.platform.installed_apps())
         done, _ = await asyncio.wait({self._scan}, timeout=self.scan_wait_s)
         if self._scan in done:
             scan, self._scan = self._scan, None
-            self._apps = scan.result()  # a platform error surfaces here, once
+            try:
+                self._apps = scan.result()
+                self.scan_error = None
+            except PlatformError as exc:  # e.g. --apk-dir unmounted: the last inventory stands
+                self.scan_error = exc
+                log.warning("inventory.scan_failed", device=self.state.serial, error=str(exc))
         return self._apps
 
     def queue_event(self, event: dict[str, Any]) -> str:
@@ -281,6 +289,8 @@ class Agent:
             await self.cycle()
         finally:
             self.scan_wait_s = wait
+        if self.scan_error is not None:
+            raise self.scan_error
 
     # -- running for weeks --------------------------------------------------------------------
 
@@ -315,6 +325,8 @@ class Agent:
         while True:
             try:
                 reply = await self.cycle()
+            except AdminLoginRefused:
+                raise  # no retry can fix a wrong --admin-password: run() ends with its message
             except (TransportError, ProtocolError, ApiError, PlatformError) as exc:
                 attempt += 1
                 self._failures += 1

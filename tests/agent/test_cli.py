@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import Client, Server
 
 BIN = Path(sys.executable).parent / "midm-agent"
@@ -26,8 +28,13 @@ async def agent_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int,
         stderr=asyncio.subprocess.PIPE,
         env=env or environ(),
     )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
+    try:
+        async with asyncio.timeout(60):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:  # it hung: fail the test, leave no process behind
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -210,12 +217,16 @@ async def test_inventory_and_snapshot(tmp_path: Path) -> None:
     assert [a["packageName"] for a in snapshot["apps"]] == ["com.example.basic"]
 
 
-async def test_wrong_admin_password_names_the_admin_flags(server: Server, tmp_path: Path) -> None:
-    """A refused admin login points at --admin-email/--admin-password, not at --api-key."""
+@pytest.mark.parametrize("once", [["--once"], []], ids=["once", "running"])
+async def test_wrong_admin_password_names_the_admin_flags(
+    server: Server, tmp_path: Path, once: list[str]
+) -> None:
+    """A refused admin login points at --admin-email/--admin-password, not at --api-key; a
+    running agent ends with it too (no retry can fix a wrong password) instead of retrying."""
     code, _, err = await agent_cli(
         "run",
         *common(server, tmp_path),
-        "--once",
+        *once,
         "--admin-email",
         "admin@alpha.test",
         "--admin-password",

@@ -261,7 +261,9 @@ async def test_apk_dir_gone_after_enrollment_sends_no_inventory(
         await agent.run_once()
     assert f"--apk-dir {apks}: no such folder" in str(caught.value)
     assert "apps" not in transport.names
+    assert "checkin" in transport.names  # the device still checks in, with the last inventory
     assert any(e["event"] == "inventory.source_unreadable" for e in logs)
+    assert any(e["event"] == "inventory.scan_failed" for e in logs)
     installed = (await admin.get("/ota/api/device/app/installed", serialNo="S1")).data
     assert [a["packageName"] for a in installed["apps"]] == ["com.example.basic"]
     apks.unlink(missing_ok=True)
@@ -491,3 +493,22 @@ def test_first_installed_never_after_last_updated(
     assert 0 <= times.first_installed <= times.last_updated
     if remembered is not None:
         assert times.first_installed <= max(0, remembered)
+
+
+@pytest.mark.parametrize(
+    ("given", "reported"),
+    [
+        ((T1, T3), (T1, T3)),
+        ((T3, T1), (T1, T1)),  # the device clock jumped back between install and update
+        ((None, T1), (None, T1)),
+        ((T1, None), (T1, None)),
+        ((-5, -1), (0, 0)),
+    ],
+)
+def test_platform_times_are_ordered(
+    given: tuple[int | None, int | None], reported: tuple[int | None, int | None]
+) -> None:
+    """Times a platform is told (Android's dumpsys) keep 0 <= firstInstalled <= lastUpdated."""
+    from agent.apk.times import ordered_times
+
+    assert ordered_times(*given) == reported

@@ -146,6 +146,18 @@ async def test_android_facts_through_adb(fake_adb: Path) -> None:
     assert "shell getprop" in fake_adb.read_text()
 
 
+async def test_linux_never_installs_into_a_missing_apk_dir(tmp_path: Path) -> None:
+    """An unmounted or removed --apk-dir is not re-created by an install (the next scan would
+    report that one app as the whole inventory): the install fails naming the folder."""
+    apk_dir = tmp_path / "apks"
+    platform = linux(fake_sysfs(tmp_path), apk_dir=apk_dir)
+    with pytest.raises(
+        PlatformError, match=r"--apk-dir .*apks: cannot install there \(not found\)"
+    ):
+        await platform.install_app(APKS / "maxsdk.apk")
+    assert not apk_dir.exists()
+
+
 async def test_android_install_and_errors(fake_adb: Path) -> None:
     """Install pushes then pm install -r -g; an unknown command is a PlatformError naming it."""
     platform = android()
