@@ -200,6 +200,7 @@ class AndroidPlatform:
                 slot=props.get("ro.boot.slot_suffix", ""),
             ),
             self.facts,
+            fill_only=True,  # the device's props are its build, also after an update
         )
 
     async def power(self) -> PowerState:

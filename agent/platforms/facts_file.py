@@ -3,7 +3,10 @@ reads, with the check-in body's field names, any subset (rigs with unreadable DM
 clones of a field device).
 
 The build given is the STARTING build: once an image has been applied, the platform reports
-the applied build over it (linux: the active slot's build; simulated: the build it booted).
+the applied build over it (linux: the active slot's build; simulated: the build it booted). On
+Android the device's own properties are its build, before and after an update: the facts' build
+fields only fill what `getprop` leaves empty (a phone cannot pretend to run another build and
+still take that build's images).
 """
 
 from __future__ import annotations
@@ -58,11 +61,16 @@ def override_hardware(hardware: HardwareInfo, facts: dict[str, Any]) -> Hardware
     return replace(hardware, **{k: str(v) for k, v in given.items()})
 
 
-def override_build(build: BuildInfo, facts: dict[str, Any]) -> BuildInfo:
+def override_build(
+    build: BuildInfo, facts: dict[str, Any], *, fill_only: bool = False
+) -> BuildInfo:
+    """`build` with the facts' build fields over it; with `fill_only`, only over empty ones."""
     given = facts.get("build") or {}
     changes: dict[str, Any] = {}
     for key, value in given.items():
         attribute = _BUILD_FIELDS[key]
+        if fill_only and getattr(build, attribute) not in ("", None):
+            continue
         if attribute == "build_date":
             changes[attribute] = None if value is None else int(value)
         elif attribute == "ab_update":

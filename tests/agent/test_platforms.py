@@ -158,6 +158,19 @@ async def test_linux_never_installs_into_a_missing_apk_dir(tmp_path: Path) -> No
     assert not apk_dir.exists()
 
 
+async def test_android_facts_only_fill_the_build(fake_adb: Path) -> None:
+    """On Android the device's own build wins over --facts (an applied image is reported, not
+    the facts' fingerprint); facts fill only build fields the device leaves empty."""
+    facts = {"build": {"fingerprint": "field/clone:1", "skuId": "EU", "buildDate": 1}}
+    platform = AndroidPlatform(
+        adb=str(FIXTURES / "adb" / "fake_adb.py"), device="R58N123ABC", facts=facts
+    )
+    build = await platform.build()
+    assert build.fingerprint != "field/clone:1" and build.fingerprint
+    assert build.build_date == 1643000000
+    assert build.sku_id == "EU"
+
+
 async def test_android_install_and_errors(fake_adb: Path) -> None:
     """Install pushes then pm install -r -g; an unknown command is a PlatformError naming it."""
     platform = android()
