@@ -28,7 +28,7 @@ import structlog
 from agent import __version__
 from agent.clock import SystemClock
 from agent.config import PLATFORMS, AgentConfig, load
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, FormatError
 from agent.platforms.base import BuildInfo, HardwareInfo, Platform, gather_facts
 from agent.platforms.facts_file import load_facts, override_build, override_hardware
 from agent.runtime.agent import Agent
@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)  # a usage error, as argparse's own
         return 2
-    from server.logsetup import configure_logging  # one logging set-up for every CLI
+    from midm_common.logsetup import configure_logging  # one logging set-up for every CLI
 
     configure_logging(args.log_level)
     flags = {name: getattr(args, name, None) for name in FLAG_NAMES}
@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"midm-agent: error: {exc}\n")
         return 2
-    except AgentError as exc:
+    except (AgentError, FormatError) as exc:
         sys.stderr.write(f"midm-agent: error: {exc} ({exc.hint})\n")
         return 1
     except KeyboardInterrupt:

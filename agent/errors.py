@@ -10,13 +10,17 @@ AgentError
 │   ├── Unauthorized (40100)  ├── NotFound (40400)  ├── RateLimited (42900)
 │   │   └── AdminLoginRefused   the admin login (--admin-email/--admin-password) was refused
 │   └── Unavailable (50300)   (others stay ApiError with their code)
-├── PlatformError          the device platform failed (adb, sysfs, ...)
-└── FormatError            a file is not what it claims
-    ├── ApkError           not a readable, signed APK
-    └── OtaPackageError    not a readable OTA zip with META-INF/com/android/metadata
+└── PlatformError          the device platform failed (adb, sysfs, ...)
+
+The file-format readers raise `midm_common.errors.FormatError` (ApkError, OtaPackageError),
+re-exported here; it is not an AgentError, since the server raises it too.
 """
 
 from __future__ import annotations
+
+from midm_common.errors import ApkError, FormatError, OtaPackageError
+
+__all__ = ["ApkError", "FormatError", "OtaPackageError"]  # and every class below
 
 
 class AgentError(Exception):
@@ -90,22 +94,6 @@ class Unavailable(ApiError):
 
 class PlatformError(AgentError):
     hint = "check the platform (--platform, adb connection, permissions)"
-
-
-class FormatError(AgentError):
-    """A file is malformed; `reason` is a short machine-readable word, str() the sentence."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class ApkError(FormatError):
-    hint = "check that the file is a complete, signed APK"
-
-
-class OtaPackageError(FormatError):
-    hint = "check that the file is a complete OTA zip built by the Android release tools"
 
 
 API_ERRORS: dict[int, type[ApiError]] = {

@@ -30,6 +30,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from midm_common.logsetup import LEVELS, configure_logging
 from server import BUILD
 from server.app import create_app
 from server.bootstrap import NewSite, create_site, ensure_first_site, write_credentials
@@ -47,7 +48,6 @@ from server.config import (
 )
 from server.errors import ConfigError, ServerError
 from server.listener import bind, url_of
-from server.logsetup import LEVELS, configure_logging
 from server.store import sites
 from server.store.db import Database
 

@@ -2,7 +2,7 @@
 
 The worker functions return plain values (never raise across the process boundary): the server
 turns a failure into a 40001 naming the file and the reason. The formats themselves are parsed
-by agent.apk and agent.ota, the project's one parser of each.
+by midm_common.apk and midm_common.ota, the project's one parser of each.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 
 def apk_worker(path: str) -> tuple[dict[str, Any] | None, str]:
-    from agent.apk.metadata import read_apk_metadata
-    from agent.errors import ApkError
+    from midm_common.apk import read_apk_metadata
+    from midm_common.errors import ApkError
 
     try:
         return asdict(read_apk_metadata(Path(path))), ""
@@ -25,8 +25,8 @@ def apk_worker(path: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def ota_worker(path: str) -> tuple[dict[str, Any] | None, str]:
-    from agent.errors import OtaPackageError
-    from agent.ota.metadata import read_ota_metadata
+    from midm_common.errors import OtaPackageError
+    from midm_common.ota import read_ota_metadata
 
     try:
         meta = read_ota_metadata(Path(path))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-OWN = {"agent", "server", "simulator", "tests", "bench"}
+OWN = {"agent", "server", "simulator", "midm_common", "tests", "bench"}
 
 
 def _name(requirement: str) -> str:
@@ -38,11 +38,11 @@ def _imports(folder: Path) -> set[str]:
 
 
 def test_every_library_import_is_a_declared_dependency() -> None:
-    """agent/, server/ and simulator/ import only what `dependencies` declares."""
+    """agent/, server/, simulator/ and midm_common/ import only what `dependencies` declares."""
     declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
     providers = packages_distributions()
     imported: set[str] = set()
-    for package in ("agent", "server", "simulator"):
+    for package in ("agent", "server", "simulator", "midm_common"):
         imported |= _imports(ROOT / package)
     undeclared = {
         module

@@ -1,1 +1,1 @@
-"""APK metadata: one parser for the agent's inventory and the server's uploads."""
+"""The installed-app inventory: the APK tree scanner with its cache, and install times."""

@@ -43,8 +43,8 @@ PROCESS_POOL_THRESHOLD = 16  # changed APKs above which parsing moves to worker 
 
 def parse_apk(path: str) -> dict[str, Any]:
     """Worker: the APK's metadata as a dict, or {"error": reason, "message": text}."""
-    from agent.apk.metadata import read_apk_metadata
     from agent.errors import ApkError
+    from midm_common.apk import read_apk_metadata
 
     try:
         meta = read_apk_metadata(Path(path))

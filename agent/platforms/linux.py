@@ -10,7 +10,7 @@
 - Network: `wifi` when a wireless interface is up, else `ethernet` when a wired one is, else
   `none`.
 - Installed apps: the APKs in `--apk-dir` (install copies an APK in as `<package>.apk`,
-  uninstall removes it). Metadata is read by agent.apk.metadata in a worker thread. A folder
+  uninstall removes it). Metadata is read by midm_common.apk in a worker thread. A folder
   that cannot be listed fails the scan (PlatformError), never an empty inventory. Times come
   from the files by agent.apk.times (firstInstalled <= lastUpdated, firstInstalled remembered).
 - OTA: a directory-backed A/B slot pair under `<state dir>/slots/`: an update is copied into the
@@ -162,7 +162,7 @@ class LinuxPlatform:
     async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
         if self.apk_dir is None:
             raise PlatformError("cannot install apps: no --apk-dir")
-        from agent.apk.metadata import read_apk_metadata
+        from midm_common.apk import read_apk_metadata
 
         meta = await asyncio.to_thread(read_apk_metadata, apk)
         await asyncio.to_thread(self._copy_in, apk, meta.package_name)
@@ -178,7 +178,7 @@ class LinuxPlatform:
         await asyncio.to_thread(self._remove, package)
 
     def _remove(self, package: str) -> None:
-        from agent.apk.metadata import read_apk_metadata
+        from midm_common.apk import read_apk_metadata
 
         for path in self._apks():
             try:
@@ -195,7 +195,7 @@ class LinuxPlatform:
         await asyncio.to_thread(write_atomic, path, json.dumps(current, indent=2).encode())
 
     async def apply_ota(self, package: Path, *, ab_update: bool) -> None:
-        from agent.ota.metadata import read_ota_metadata
+        from midm_common.ota import read_ota_metadata
 
         meta = await asyncio.to_thread(read_ota_metadata, package)
         target = "b" if self._active_slot() == "a" else "a"

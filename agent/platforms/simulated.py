@@ -64,7 +64,7 @@ class SimulatedPlatform:
         return list(self.apps.values())
 
     async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
-        from agent.apk.metadata import read_apk_metadata  # lazy: only when an app is installed
+        from midm_common.apk import read_apk_metadata  # lazy: only when an app is installed
 
         meta = read_apk_metadata(apk)
         self.apps[meta.package_name] = AppRecord(
@@ -84,7 +84,7 @@ class SimulatedPlatform:
         self.settings.update(settings)
 
     async def apply_ota(self, package: Path, *, ab_update: bool) -> None:
-        from agent.ota.metadata import read_ota_metadata  # zipfile only, no androguard
+        from midm_common.ota import read_ota_metadata  # zipfile only, no androguard
 
         meta = read_ota_metadata(package)
         self.staged_ota = package

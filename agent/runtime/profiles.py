@@ -200,7 +200,7 @@ class ProfileRunner:
 
     async def _app(self, action: Action) -> None:
         path = await self._download(action, action.target)
-        from agent.apk.metadata import read_apk_metadata
+        from midm_common.apk import read_apk_metadata
 
         meta = await asyncio.to_thread(read_apk_metadata, path)
         installed = {a.package_name: a for a in await self.agent.platform.installed_apps()}
@@ -270,7 +270,7 @@ class ProfileRunner:
         file_uuid = str(image["fileUuid"])
         build = await self.agent.platform.build()
         path = await self._download(action, file_uuid)
-        from agent.ota.metadata import read_ota_metadata
+        from midm_common.ota import read_ota_metadata
 
         meta = await asyncio.to_thread(read_ota_metadata, path)
         info = image.get("otaInfo") or {}

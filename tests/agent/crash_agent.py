@@ -45,7 +45,7 @@ async def main(base: str, state: Path, mode: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    from server.logsetup import configure_logging
+    from midm_common.logsetup import configure_logging
 
     configure_logging("warning")  # logs to stderr; stdout carries the test's words
     asyncio.run(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])))

@@ -1,4 +1,4 @@
-"""agent.apk.metadata on the committed real APKs: every field equals aapt's and keytool's report."""
+"""midm_common.apk on the committed real APKs: every field equals aapt's and keytool's report."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.apk.metadata import read_apk_metadata
 from agent.errors import ApkError
+from midm_common.apk import read_apk_metadata
 from tests.helpers import APKS, expected_apks
 
 SIGNED = sorted(name for name, info in expected_apks().items() if info["certMd5"])
@@ -97,13 +97,13 @@ def test_zip_without_manifest(tmp_path: Path) -> None:
 
 
 def test_small_arsc_reader_agrees_with_androguard() -> None:
-    """The label found by agent.apk.arsc equals androguard's full resolution on every fixture."""
+    """The label found by midm_common.arsc equals androguard's full resolution on every fixture."""
     from loguru import logger
 
     logger.disable("androguard")
     from androguard.core.apk import APK
 
-    from agent.apk.arsc import resolve_string
+    from midm_common.arsc import resolve_string
 
     checked = 0
     for name in SIGNED:
@@ -121,6 +121,6 @@ def test_small_arsc_reader_agrees_with_androguard() -> None:
 @given(st.binary(max_size=400), st.integers(0, 2**32 - 1))
 def test_small_arsc_reader_never_raises(data: bytes, res_id: int) -> None:
     """Garbage tables give None (the caller falls back), never an exception."""
-    from agent.apk.arsc import resolve_string
+    from midm_common.arsc import resolve_string
 
     assert resolve_string(data, res_id) is None or isinstance(resolve_string(data, res_id), str)

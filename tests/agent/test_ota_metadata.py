@@ -1,4 +1,4 @@
-"""agent.ota.metadata: META-INF/com/android/metadata parsed from real zips, failures named."""
+"""midm_common.ota: META-INF/com/android/metadata parsed from real zips, failures named."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import OtaPackageError
-from agent.ota.metadata import parse_metadata_text, read_ota_metadata
+from midm_common.ota import parse_metadata_text, read_ota_metadata
 from tests.helpers import ota_zip
 
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.apk.arsc import resolve_string
-from agent.errors import ApkError
+from midm_common.arsc import resolve_string
+from midm_common.errors import ApkError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +80,7 @@ def _text(value: object) -> str:
 
 def _label(apk: Any) -> str:
     """The application label: a literal, or a string resource resolved with the small ARSC
-    reader (agent.apk.arsc), else with androguard's full resource analysis."""
+    reader (midm_common.arsc), else with androguard's full resource analysis."""
     try:
         raw = apk.get_attribute_value("application", "label")
         if raw and raw.startswith("@") and ":" not in raw:

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import OtaPackageError
+from midm_common.errors import OtaPackageError
 
 METADATA_PATH = "META-INF/com/android/metadata"
 _MAX_METADATA_BYTES = 1 << 20

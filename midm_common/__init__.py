@@ -1,0 +1,8 @@
+"""What the agent and the server both import, and nothing else: the file-format readers and the
+logging set-up. It imports neither side (tests/test_imports.py holds the rules).
+
+- `apk`: APK metadata (androguard, imported lazily) with `arsc`, a small resources.arsc reader;
+- `ota`: OTA package metadata (`META-INF/com/android/metadata`);
+- `errors`: FormatError and its subclasses, raised by the readers;
+- `logsetup`: structlog configured once, by each CLI.
+"""
