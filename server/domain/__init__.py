@@ -1,1 +1,2 @@
-"""Pure decisions of the server: validation, paging, group trees, profile rules. No I/O here."""
+"""Pure decisions of the server: validation, paging, group trees, profile rules, scopes and
+coverage, presence, inventories and the image feed. No I/O here (tests/test_imports.py)."""

@@ -3,10 +3,12 @@
 Rules: the body is a non-empty list (at most MAX_BATCH items); `profile.hardware_info.serial_no` is
 a required non-empty string; a serial appearing twice in one body is 40001; `enabled` defaults to
 true; `groupUuid` is optional (its existence is checked by the store, in the same transaction).
+Admin reads name one device by `deviceUuid` (or `uuid`) or by `serialNo` in the query.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,3 +78,22 @@ def parse_device_batch(body: Any) -> list[DeviceInput]:
             )
         )
     return devices
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceLookup:
+    """One device named in a query: by uuid when given, else by serial."""
+
+    uuid: str | None
+    serial: str | None
+
+    def describe(self) -> str:
+        return f"uuid {self.uuid!r}" if self.uuid else f"serial {self.serial!r}"
+
+
+def parse_device_lookup(query: Mapping[str, str]) -> DeviceLookup:
+    device_uuid = query.get("deviceUuid") or query.get("uuid")
+    serial = query.get("serialNo")
+    if not device_uuid and not serial:
+        raise InvalidField("deviceUuid or serialNo: one of these query parameters is required")
+    return DeviceLookup(uuid=device_uuid or None, serial=None if device_uuid else serial or None)

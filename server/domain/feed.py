@@ -16,16 +16,22 @@ Theory of operation:
    `preBuild` is empty or equals the device's fingerprint (the base build it names); the newest
    that applies is the target, fed unless it is the device's current `region` already.
 4. One step is fed at a time.
+5. For a profile (`ota/next`): nothing before the profile's start (reason `not_before`); then
+   its enabled images with its `settings.otas` (partialFirst false, checkBuildDate true unless
+   set). Stored image info and the device's reported build map to `Image`/`DeviceBuild` here.
 Reasons: fed `full`, `partial_chain`, `region`; none `no_candidate`, `not_for_device`,
-`older_build`.
+`older_build`, `not_before`.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from server.domain.profiles import start_of
 
 
 class FeedReason(StrEnum):
@@ -35,6 +41,7 @@ class FeedReason(StrEnum):
     NO_CANDIDATE = "no_candidate"
     NOT_FOR_DEVICE = "not_for_device"
     OLDER_BUILD = "older_build"
+    NOT_BEFORE = "not_before"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,3 +193,52 @@ def select_image(
     if step is None:
         step = _region_step([i for i in mine if i.type == "region"], device)
     return step or FeedDecision(image=None, reason=FeedReason.NO_CANDIDATE)
+
+
+def before_start(doc: Mapping[str, Any], now: int) -> FeedDecision | None:
+    """`not_before` while the profile's start is ahead of `now`, else None (feed as usual)."""
+    start = start_of(doc)
+    if start is not None and now < start:
+        return FeedDecision(image=None, reason=FeedReason.NOT_BEFORE)
+    return None
+
+
+def settings_of(doc: Mapping[str, Any]) -> FeedSettings:
+    """The feed settings of a stored profile (`settings.otas`)."""
+    otas = (doc.get("settings") or {}).get("otas") or {}
+    return FeedSettings(
+        partial_first=bool(otas.get("partialFirst")),
+        check_build_date=bool(otas.get("checkBuildDate", True)),
+    )
+
+
+def image_of(uuid: str, info: Mapping[str, Any], size: int) -> Image:
+    """An image as stored: its `otaInfo` and its file's length."""
+    return Image(
+        uuid=uuid,
+        type=info.get("type") or "base",
+        ab_update=bool(info.get("abUpdate")),
+        device_id=info.get("deviceId") or "",
+        product_id=info.get("productId") or "",
+        sku_id=info.get("skuId") or "",
+        customer_id=info.get("customerId") or "",
+        pre_build=info.get("preBuild") or "",
+        post_build=info.get("postBuild") or "",
+        build_date=info.get("buildDate"),
+        size=size,
+    )
+
+
+def build_of(report: Mapping[str, Any]) -> DeviceBuild:
+    """The device's build from its last check-in report (`build`, as validated)."""
+    build = report.get("build") or {}
+    return DeviceBuild(
+        fingerprint=build.get("fingerprint") or "",
+        build_date=build.get("buildDate"),
+        device_id=build.get("deviceId") or "",
+        product_id=build.get("productId") or "",
+        sku_id=build.get("skuId") or "",
+        customer_id=build.get("customerId") or "",
+        ab_update=bool(build.get("abUpdate")),
+        region=build.get("region") or "",
+    )

@@ -1,5 +1,8 @@
 """Presence (§3 `states.state`) from check-in times, as a pure function and its SQL twin.
 
+A device checks in every `--checkin-interval` seconds, or every SLEEP_INTERVAL_S while it
+reports sleeping (`next_checkin_s`). Its presence:
+
 - `waking_up`: a wake was sent and the device has not checked in since, for WAKE_WINDOW_S;
 - `standby`: the device reported sleeping and checked in within SLEEP_INTERVAL_S + MARGIN_S
   (sleeping devices send a heartbeat every 20 min);
@@ -22,6 +25,11 @@ class Presence(StrEnum):
     STANDBY = "standby"
     WAKING_UP = "waking_up"
     OFFLINE = "offline"
+
+
+def next_checkin_s(*, sleeping: bool, interval_s: int) -> int:
+    """`nextCheckinSeconds`: the server's interval, or SLEEP_INTERVAL_S while the device sleeps."""
+    return SLEEP_INTERVAL_S if sleeping else interval_s
 
 
 def presence(

@@ -16,6 +16,7 @@ given in that shape.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -241,7 +242,23 @@ def parse_updated(value: Any) -> int:
     raise InvalidField("updated: must be epoch milliseconds as loaded")
 
 
-def start_of(doc: dict[str, Any]) -> int | None:
+def next_updated(now: int, current: int) -> int:
+    """The `updated` of a change: now, but always after the version it replaces (devices and
+    admins compare `updated` values to notice a change)."""
+    return max(now, current + 1)
+
+
+def offered_otas(doc: Mapping[str, Any]) -> list[str]:
+    """The fileUuids of a stored profile's `otas` (each a fileUuid or `{"uuid": fileUuid}`)."""
+    return [o if isinstance(o, str) else o["uuid"] for o in doc.get("otas") or []]
+
+
+def wakes_to_apply(doc: Mapping[str, Any]) -> bool:
+    """An enabled profile with `wakeToApply`: its sleeping devices are woken at its start."""
+    return bool(doc.get("enabled", True)) and bool((doc.get("profile") or {}).get("wakeToApply"))
+
+
+def start_of(doc: Mapping[str, Any]) -> int | None:
     """When a stored profile starts: the later of `profile.startsOn` and
     `schedule_date.start_on` (epoch ms), or None when neither is set."""
     times = [

@@ -69,3 +69,16 @@ def compile_site(
             )
         )
     return SiteScope(tuple(compiled))
+
+
+def covering_changed(
+    before: SiteScope, after: SiteScope, *, serial: str, group_uuid: str | None, device_uuid: str
+) -> bool:
+    """Whether the device is covered by another set of profile versions (uuid, updated) in
+    `after` than in `before`: then it needs a `sync`."""
+
+    def versions(scope: SiteScope) -> set[tuple[str, int]]:
+        covering = scope.for_device(serial=serial, group_uuid=group_uuid, device_uuid=device_uuid)
+        return {(p.uuid, p.updated) for p in covering}
+
+    return versions(before) != versions(after)

@@ -1,4 +1,5 @@
-"""Pure server decisions, without sockets: paging, filters, ranges, group trees, profile rules."""
+"""Pure server decisions, without sockets: paging, filters, ranges, group trees, profile rules,
+device lookups and who needs a sync."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.domain.devices import parse_device_batch
+from server.domain.devices import DeviceLookup, parse_device_batch, parse_device_lookup
 from server.domain.groups import creates_cycle, with_descendants
 from server.domain.paging import parse_page_request
-from server.domain.profiles import default_name, normalize_time, parse_profile, parse_updated
+from server.domain.profiles import (
+    default_name,
+    next_updated,
+    normalize_time,
+    offered_otas,
+    parse_profile,
+    parse_updated,
+    wakes_to_apply,
+)
 from server.domain.ranges import Unsatisfiable, parse_range
+from server.domain.scope import ScopedProfile, SiteScope, covering_changed
 from server.errors import BadJson, InvalidField
 
 SORTABLE = frozenset({"created"})
@@ -161,3 +171,99 @@ def test_profile_references_are_collected() -> None:
         ("s1",),
     )
     assert profile.doc["otas"] == ["o1", {"uuid": "o2"}]
+
+
+def test_a_change_is_always_after_the_version_it_replaces() -> None:
+    """`updated` moves forward even when the clock does not (same ms, or a clock behind)."""
+    assert next_updated(now=500, current=100) == 500
+    assert next_updated(now=100, current=100) == 101
+    assert next_updated(now=50, current=100) == 101
+
+
+@given(st.integers(0, 10**13), st.integers(0, 10**13))
+def test_next_updated_is_monotonic(now: int, current: int) -> None:
+    assert next_updated(now=now, current=current) > current
+    assert next_updated(now=now, current=current) >= now
+
+
+def test_offered_images_and_wake_to_apply() -> None:
+    """`otas` entries are fileUuids or {"uuid": ...}; wakeToApply counts only when enabled."""
+    assert offered_otas({"otas": ["a", {"uuid": "b"}]}) == ["a", "b"]
+    assert offered_otas({}) == []
+    assert wakes_to_apply({"enabled": True, "profile": {"wakeToApply": True}})
+    assert wakes_to_apply({"profile": {"wakeToApply": True}})
+    assert not wakes_to_apply({"enabled": False, "profile": {"wakeToApply": True}})
+    assert not wakes_to_apply({"enabled": True, "profile": {}})
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"deviceUuid": "d1", "serialNo": "S1"}, DeviceLookup(uuid="d1", serial=None)),
+        ({"uuid": "d1"}, DeviceLookup(uuid="d1", serial=None)),
+        ({"serialNo": "S1"}, DeviceLookup(uuid=None, serial="S1")),
+        ({"deviceUuid": "", "serialNo": "S1"}, DeviceLookup(uuid=None, serial="S1")),
+    ],
+)
+def test_device_lookup(query: dict[str, str], expected: DeviceLookup) -> None:
+    """A device is named by deviceUuid (or uuid) first, else by serialNo."""
+    assert parse_device_lookup(query) == expected
+
+
+def test_device_lookup_needs_a_name() -> None:
+    with pytest.raises(InvalidField, match="deviceUuid or serialNo"):
+        parse_device_lookup({"serialNo": ""})
+
+
+def scoped(
+    uuid: str, updated: int, *, serials: frozenset[str], excluded: frozenset[str] = frozenset()
+) -> ScopedProfile:
+    return ScopedProfile(
+        uuid=uuid,
+        updated=updated,
+        is_global=False,
+        serials=frozenset(serials),
+        groups=frozenset(),
+        excluded=frozenset(excluded),
+        doc={},
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "changed"),
+    [
+        ([], [], False),
+        (
+            [scoped("p", 1, serials=frozenset({"S1"}))],
+            [scoped("p", 1, serials=frozenset({"S1"}))],
+            False,
+        ),
+        (
+            [scoped("p", 1, serials=frozenset({"S1"}))],
+            [scoped("p", 2, serials=frozenset({"S1"}))],
+            True,
+        ),  # edited
+        ([], [scoped("p", 1, serials=frozenset({"S1"}))], True),  # gained
+        ([scoped("p", 1, serials=frozenset({"S1"}))], [], True),  # lost
+        ([], [scoped("p", 1, serials=frozenset({"S2"}))], False),  # another device's profile
+        (
+            [scoped("p", 1, serials=frozenset({"S1"}))],
+            [scoped("p", 1, serials=frozenset({"S1"}), excluded=frozenset({"d1"}))],
+            True,
+        ),
+    ],
+)
+def test_covering_changed(
+    before: list[ScopedProfile], after: list[ScopedProfile], changed: bool
+) -> None:
+    """A device needs a sync when the versions of the profiles covering it differ."""
+    assert (
+        covering_changed(
+            SiteScope(tuple(before)),
+            SiteScope(tuple(after)),
+            serial="S1",
+            group_uuid=None,
+            device_uuid="d1",
+        )
+        is changed
+    )

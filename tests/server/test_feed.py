@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.domain.feed import DeviceBuild, FeedReason, FeedSettings, Image, select_image
+from server.domain.feed import (
+    DeviceBuild,
+    FeedReason,
+    FeedSettings,
+    Image,
+    before_start,
+    build_of,
+    image_of,
+    select_image,
+    settings_of,
+)
 
 DEVICE = DeviceBuild(
     fingerprint="b1",
@@ -218,3 +228,37 @@ def test_following_the_feed_terminates(
         else:
             device = replace(device, fingerprint=image.post_build, build_date=image.build_date)
     pytest.fail(f"feed did not settle: {images} from {fingerprint}")
+
+
+def test_a_profile_feeds_nothing_before_its_start() -> None:
+    """not_before while either start time is ahead; from the start on, the feed decides."""
+    later = {"profile": {"startsOn": "2026-09-21T14:13:21.000Z"}, "schedule_date": {}}
+    at_start = 1_790_000_001_000
+    waiting = before_start(later, at_start - 1)
+    assert waiting is not None and waiting.reason == FeedReason.NOT_BEFORE and waiting.image is None
+    assert before_start(later, at_start) is None
+    both = {**later, "schedule_date": {"start_on": "2026-09-21T14:13:22.000Z"}}
+    assert before_start(both, at_start) is not None  # the later of the two counts
+    assert before_start({"profile": {}}, 0) is None
+
+
+def test_stored_profiles_images_and_builds_map_to_feed_values() -> None:
+    """settings.otas, a stored otaInfo and a check-in's build become the feed's inputs, with
+    the protocol's defaults for what is absent."""
+    assert settings_of({}) == FeedSettings(partial_first=False, check_build_date=True)
+    assert settings_of(
+        {"settings": {"otas": {"partialFirst": True, "checkBuildDate": False}}}
+    ) == FeedSettings(partial_first=True, check_build_date=False)
+    info = {"deviceId": "dev", "productId": "prod", "abUpdate": True, "postBuild": "b3"}
+    assert image_of("u", {**info, "type": None, "buildDate": 300}, 42) == Image(
+        uuid="u",
+        device_id="dev",
+        product_id="prod",
+        ab_update=True,
+        post_build="b3",
+        build_date=300,
+        size=42,
+    )
+    report = {"build": {"fingerprint": "b1", "buildDate": 100, "deviceId": "dev", "region": None}}
+    assert build_of(report) == DeviceBuild(fingerprint="b1", build_date=100, device_id="dev")
+    assert build_of({}) == DeviceBuild()

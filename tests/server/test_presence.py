@@ -7,7 +7,13 @@ import sqlite3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.domain.presence import Presence, presence, presence_sql
+from server.domain.presence import (
+    SLEEP_INTERVAL_S,
+    Presence,
+    next_checkin_s,
+    presence,
+    presence_sql,
+)
 
 NOW = 1_790_000_000_000
 times = st.one_of(st.none(), st.integers(NOW - 3_000_000, NOW + 1000))
@@ -72,3 +78,9 @@ def test_sql_twin_agrees(last: int | None, interval: int, sleeping: bool, wake: 
         last_checkin=last, interval_s=interval, sleeping=sleeping, wake_sent=wake, now=NOW
     )
     assert in_sql == expected
+
+
+def test_next_checkin() -> None:
+    """nextCheckinSeconds: the server's interval, or the sleep interval while sleeping."""
+    assert next_checkin_s(sleeping=False, interval_s=60) == 60
+    assert next_checkin_s(sleeping=True, interval_s=60) == SLEEP_INTERVAL_S
