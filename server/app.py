@@ -1,7 +1,9 @@
-"""The aiohttp application: routes, the error and auth middlewares, start-up and clean-up.
+"""The aiohttp application: the services wired once, routes, the error and auth middlewares,
+start-up and clean-up.
 
 Every response is the envelope of §1: ApiError -> its code; aiohttp's 404/405/413 -> 40400,
-40500, 41300; anything else -> 50000 with a `uq` that the log line carries with the traceback.
+40500, 41300; anything else -> 50000 with a `uq` that the log line carries with the traceback
+(a 5xx ApiError, a database failure say, is logged with its `uq` and cause too).
 `siteUuid`/`siteId` in a query must name the caller's own site (else 40300). A body that a
 handler left unread is answered and dropped by `server.bodies` (never holds a shutdown up).
 """
@@ -18,10 +20,9 @@ from aiohttp import web
 from server.auth import Authenticator
 from server.blobs import BlobStore
 from server.bodies import UnreadBodies
-from server.checkins import Checkins
 from server.clock import Clock, SystemClock
 from server.config import ServerConfig
-from server.context import CALLER, CTX, Caller, Context, Handler, ctx
+from server.context import SERVICES, Services, services_of
 from server.errors import (
     ApiError,
     Forbidden,
@@ -32,10 +33,13 @@ from server.errors import (
     Unauthorized,
 )
 from server.handlers import agent, auth, catalog, devices, files, groups, logs, profiles
-from server.hub import Hub
-from server.scopes import ScopeCache
+from server.handlers.request import CALLER, Caller, Handler
+from server.services.checkins import Checkins
+from server.services.hub import Hub
+from server.services.scopes import ScopeCache
+from server.services.upload_parsers import UploadParsers
+from server.services.wakes import WakeScheduler
 from server.store.db import Database
-from server.wakes import WakeScheduler
 from server.wire import dumps, error_body, error_response
 
 log = structlog.get_logger("server")
@@ -46,9 +50,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as error:
+        body, uq = error_body(error)
         if error.status >= 500:
-            log.error("request.failed", method=request.method, path=request.path, code=error.code)
-        return error_response(error)
+            log.error(
+                "request.failed",
+                method=request.method,
+                path=request.path,
+                code=error.code,
+                uq=uq,
+                error=str(error),
+                cause=None if error.__cause__ is None else repr(error.__cause__),
+            )
+        return error_response(error, body)
     except web.HTTPException as http:
         if http.status == 404:
             return error_response(NotFound(f"no such path: {request.method} {request.path}"))
@@ -62,7 +75,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if http.status == 413:
             return error_response(
                 TooLarge(
-                    f"request body is over the limit of {ctx(request).config.max_json_bytes} bytes"
+                    "request body is over the limit of "
+                    f"{services_of(request).config.max_json_bytes} bytes"
                 )
             )
         if http.status < 400:
@@ -84,8 +98,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     kind = getattr(handler, "auth_kind", "public")
     if kind == "public":
         return await handler(request)
-    c = ctx(request)
-    site = await c.auth.site_for_key(request.headers.get("X-API-Key"))
+    authenticator = services_of(request).auth
+    site = await authenticator.site_for_key(request.headers.get("X-API-Key"))
     if kind == "key":
         request[CALLER] = Caller(site)
         return await handler(request)
@@ -93,12 +107,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     credential = credential.strip()
     scheme = scheme.lower()
     if kind in ("admin", "file") and scheme == "bearer" and credential:
-        session = await c.auth.session(credential)
+        session = await authenticator.session(credential)
         if session.site_uuid != site.uuid:
             raise Unauthorized("the access token belongs to another site than the X-API-Key")
         who = Caller(site, session=session, bearer=credential)
     elif kind in ("device", "file") and scheme == "device" and credential:
-        who = Caller(site, device_uuid=await c.auth.device_for_token(credential, site.uuid))
+        device_uuid = await authenticator.device_for_token(credential, site.uuid)
+        who = Caller(site, device_uuid=device_uuid)
     else:
         wanted = {
             "admin": "Bearer <access_token>",
@@ -129,7 +144,7 @@ def add_routes(app: web.Application) -> None:
             web.get(f"{api}/device/findBy", devices.find_by),
             web.get(f"{api}/device/find", devices.find),
             web.get(f"{api}/device/app/installed", devices.installed),
-            web.get(f"{api}/device/app/status", devices.app_status),
+            web.get(f"{api}/device/app/status", devices.app_status_of),
             web.get(f"{api}/logs/find", logs.find),
             web.post(f"{api}/app/upload", catalog.upload_app),
             web.get(f"{api}/app/all", catalog.all_apps),
@@ -155,6 +170,26 @@ def add_routes(app: web.Application) -> None:
     )
 
 
+def build_services(
+    config: ServerConfig, clock: Clock, parser_pool: Executor | None = None
+) -> Services:
+    """Every long-lived service of one app, built once and wired to each other here."""
+    db = Database(config.db_path)
+    hub = Hub()
+    return Services(
+        config=config,
+        clock=clock,
+        db=db,
+        blobs=BlobStore(config.files_dir),
+        auth=Authenticator(db, clock),
+        hub=hub,
+        scopes=ScopeCache(db),
+        checkins=Checkins(db, clock, config.checkin_flush_s),
+        wakes=WakeScheduler(db, hub, clock),
+        upload_parsers=UploadParsers(parser_pool),
+    )
+
+
 def create_app(
     config: ServerConfig, *, clock: Clock | None = None, parser_pool: Executor | None = None
 ) -> web.Application:
@@ -162,51 +197,34 @@ def create_app(
 
     Uploads are parsed in `parser_pool` if given (the caller owns it: tests share one worker
     across servers), else in a worker process the app starts on the first upload and stops."""
-    clock = clock or SystemClock()
-    db = Database(config.db_path)
-    blobs = BlobStore(config.files_dir)
-    hub = Hub()
-    context = Context(
-        config=config,
-        db=db,
-        blobs=blobs,
-        auth=Authenticator(db, clock),
-        clock=clock,
-        hub=hub,
-        scopes=ScopeCache(db),
-        checkins=Checkins(db, clock, config.checkin_flush_s),
-        wakes=WakeScheduler(db, hub, clock),
-        parser_pool=parser_pool,
-        owns_parser_pool=parser_pool is None,
-    )
+    services = build_services(config, clock or SystemClock(), parser_pool)
     unread = UnreadBodies()
     app = web.Application(
         middlewares=[unread.middleware, error_middleware, auth_middleware],
         client_max_size=config.max_json_bytes,
     )
-    app[CTX] = context
+    app[SERVICES] = services
     add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        db.migrate()
-        blobs.prepare()
-        await context.wakes.load()
+        services.db.migrate()
+        services.blobs.prepare()
+        await services.wakes.load()
         background = [
-            asyncio.create_task(context.checkins.run(), name="checkin-flush"),
-            asyncio.create_task(context.wakes.run(), name="wake-scheduler"),
+            asyncio.create_task(services.checkins.run(), name="checkin-flush"),
+            asyncio.create_task(services.wakes.run(), name="wake-scheduler"),
         ]
         yield
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await context.checkins.flush()
-        if context.parser_pool is not None and context.owns_parser_pool:
-            context.parser_pool.shutdown(wait=True, cancel_futures=True)
-        db.close()
+        await services.checkins.flush()
+        services.upload_parsers.close()
+        services.db.close()
 
     async def close_sockets(app: web.Application) -> None:
         unread.stop()
-        await hub.close_all()
+        await services.hub.close_all()
 
     app.on_shutdown.append(close_sockets)
 

@@ -15,7 +15,7 @@ import asyncio
 
 from aiohttp import web
 
-from server.context import Handler
+from server.handlers.request import Handler
 
 LINGER_S = 10.0
 

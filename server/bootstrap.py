@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,14 +37,14 @@ def create_site(
     email = seed.admin_email or f"admin@{seed.name}.local"
     password_hash = hash_password(password, cost=password_cost)
 
-    def write(conn: sqlite3.Connection) -> str:
-        now = clock.now_ms()
-        site_uuid = sites.create_site(conn, seed.name, now)
-        sites.add_api_key(conn, site_uuid, hash_secret(key), now)
-        sites.add_user(conn, site_uuid, email, password_hash, now)
-        return site_uuid
-
-    site_uuid = db.write_sync(write)
+    site_uuid = db.write_sync(
+        sites.create_site_with_admin,
+        seed.name,
+        hash_secret(key),
+        email,
+        password_hash,
+        clock.now_ms(),
+    )
     return NewSite(
         siteUuid=site_uuid,
         site=seed.name,

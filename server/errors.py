@@ -13,8 +13,12 @@ ServerError
 │   ├── NotForDevice       42200 / 422
 │   ├── RateLimited        42900 / 429   (Retry-After)
 │   ├── Internal           50000 / 500
+│   │   └── StoreFailed    50000 / 500   SQLite failed (cause in the log under the uq, not sent)
 │   └── Unavailable        50300 / 503   (Retry-After)
+│       └── StoreBusy      50300 / 503   the database stayed locked past its busy timeout
 └── ConfigError            bad command line or settings; the CLI prints it and exits 2
+
+SQLite's exceptions never leave server/store: `server.store.db` translates them into these.
 """
 
 from __future__ import annotations
@@ -84,3 +88,24 @@ class Internal(ApiError):
 
 class Unavailable(ApiError):
     code, status = 50300, 503
+
+
+class StoreFailed(Internal):
+    """The database failed. The response says only that; str() and the log carry the cause."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            "internal error (database); the server log has the details under this response's uq"
+        )
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"the database failed: {self.detail}"
+
+
+class StoreBusy(Unavailable):
+    """Another writer (say a `midm-server site add`) held the database past the busy timeout."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("the database is busy; retry shortly", retry_after=1)
+        self.detail = detail

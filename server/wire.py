@@ -64,8 +64,10 @@ def paged(items: Any, *, total: int, size: int, **extra: Any) -> web.Response:
     return ok(items, totalPage=total_pages, size=size, totalSize=total, **extra)
 
 
-def error_response(error: ApiError) -> web.Response:
-    body = envelope(code=error.code, message=error.message, has_data=False)
+def error_response(error: ApiError, body: dict[str, Any] | None = None) -> web.Response:
+    """The error envelope of `error` (`body` when the caller built it already, for its uq)."""
+    if body is None:
+        body = envelope(code=error.code, message=error.message, has_data=False)
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
     return web.json_response(body, status=error.status, headers=headers, dumps=dumps)
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from server.clock import FixedClock
 from server.config import ServerConfig
-from server.parsing import new_parser_pool
+from server.services.upload_parsers import new_parser_pool
 from tests.helpers import Client, Server, fixed_clock, seed_sites
 
 StartServer = Callable[..., Awaitable[Server]]

@@ -1,1 +1,2 @@
-"""HTTP handlers: parse the request, call the domain and the store, render with server.wire."""
+"""HTTP handlers: parse the request, call domain decisions and store transactions, render with
+server.wire. No SQL and no sqlite3 here (tests/server/test_layers.py)."""

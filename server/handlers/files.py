@@ -11,9 +11,10 @@ import asyncio
 
 from aiohttp import web
 
-from server.context import ctx, file_access, site
+from server.context import services_of
 from server.domain.ranges import Unsatisfiable, parse_range
 from server.errors import ApiError, NotFound
+from server.handlers.request import file_access, site
 from server.store import catalog
 from server.wire import error_response
 
@@ -26,12 +27,12 @@ class RangeNotSatisfiable(ApiError):
 
 @file_access
 async def download(request: web.Request) -> web.StreamResponse:
-    c = ctx(request)
+    services = services_of(request)
     file_uuid = request.match_info["fileUuid"]
-    stored = await c.db.read(catalog.get_file, site(request).uuid, file_uuid)
+    stored = await catalog.get_file(services.db, site(request).uuid, file_uuid)
     if stored is None:
         raise NotFound(f"fileUuid: no file {file_uuid!r} in this site")
-    path = c.blobs.path_for(stored.sha256)
+    path = services.blobs.path_for(stored.sha256)
     etag = f'"{stored.sha256}"'
     headers = {
         "ETag": etag,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.context import admin, ctx, site
+from server.context import services_of
 from server.domain.paging import parse_page_request
 from server.errors import InvalidField
+from server.handlers.request import admin, site
 from server.store import reports
 from server.wire import paged, render_event
 
@@ -26,7 +27,7 @@ async def find(request: web.Request) -> web.Response:
         if len(for_what_values) != 1 or not isinstance(for_what_values[0], str):
             raise InvalidField("filter.forWhat: must be one device or profile uuid")
         for_what = for_what_values[0]
-    rows, total = await ctx(request).db.read(
-        reports.find_events, site(request).uuid, for_what, page
+    rows, total = await reports.find_events(
+        services_of(request).db, site(request).uuid, for_what, page
     )
     return paged([render_event(r) for r in rows], total=total, size=page.size)

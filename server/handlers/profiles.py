@@ -10,35 +10,18 @@ saved at once (no existing device is reset). `profile/status` pages its per-devi
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Any
-
 from aiohttp import web
 
-from server import push
-from server.context import admin, ctx, json_body, session, site
+from server.context import services_of
 from server.domain.paging import parse_page_request
 from server.domain.profiles import ProfileInput, parse_profile, parse_updated
 from server.domain.scope import ScopedProfile
 from server.domain.validation import expect_object, query_required
 from server.errors import InvalidField
-from server.store import catalog, devices, profiles
+from server.handlers.request import admin, json_body, session, site
+from server.services import sync_recipients
+from server.store import profiles
 from server.wire import iso, ok, paged, render_profile
-
-
-def _check_references(conn: sqlite3.Connection, site_uuid: str, profile: ProfileInput) -> None:
-    checks = (
-        ("apps", profile.app_uuids, "apps.install[].uuid", "app"),
-        ("otas", profile.ota_uuids, "otas[]", "OTA image"),
-        ("device_groups", profile.group_uuids, "scope.group[]", "device group"),
-    )
-    for table, uuids, field, what in checks:
-        missing = catalog.missing(conn, table, site_uuid, uuids)
-        if missing:
-            raise InvalidField(
-                f"{field}: no {what} {missing[0]!r} in this site"
-                + ("; upload it before naming it in a profile" if table != "device_groups" else "")
-            )
 
 
 async def _announce(
@@ -46,45 +29,38 @@ async def _announce(
 ) -> None:
     """After a save or edit: recompile the site's scopes, sync the devices concerned, and
     schedule the wake of wakeToApply."""
-    c = ctx(request)
+    services = services_of(request)
     site_uuid = site(request).uuid
-    c.scopes.invalidate(site_uuid)
+    services.scopes.invalidate(site_uuid)
     after = next(
-        (p for p in (await c.scopes.get(site_uuid)).profiles if p.uuid == profile_uuid), None
+        (p for p in (await services.scopes.get(site_uuid)).profiles if p.uuid == profile_uuid),
+        None,
     )
-    await push.profile_changed(c.hub, site_uuid, before, after)
-    c.wakes.schedule(site_uuid, profile_uuid, profile.doc)
+    await sync_recipients.profile_changed(services.hub, site_uuid, before, after)
+    services.wakes.schedule(site_uuid, profile_uuid, profile.doc)
 
 
 @admin
 async def save(request: web.Request) -> web.Response:
-    c = ctx(request)
+    services = services_of(request)
     body = expect_object(await json_body(request), "profile body")
     if body.get("uuid"):
         raise InvalidField(
             "uuid: profile/save creates a profile; use profile/edit?uuid= to change one"
         )
-    now = c.clock.now_ms()
+    now = services.clock.now_ms()
     profile = parse_profile(body, now)
-    site_uuid = site(request).uuid
     user = session(request)
-
-    def write(conn: sqlite3.Connection) -> dict[str, Any]:
-        _check_references(conn, site_uuid, profile)
-        devices.register_serials(conn, site_uuid, profile.device_serials, now)
-        new_uuid = profiles.insert_profile(
-            conn, site_uuid, profile, user.user_uuid if user else None, now
-        )
-        return {"uuid": new_uuid, "name": profile.name, "updated": now}
-
-    saved = await c.db.write(write)
-    await _announce(request, saved["uuid"], profile, before=None)
-    return ok(saved)
+    new_uuid = await profiles.create_profile(
+        services.db, site(request).uuid, profile, user.user_uuid if user else None, now
+    )
+    await _announce(request, new_uuid, profile, before=None)
+    return ok({"uuid": new_uuid, "name": profile.name, "updated": now})
 
 
 @admin
 async def edit(request: web.Request) -> web.Response:
-    c = ctx(request)
+    services = services_of(request)
     profile_uuid = query_required(request.query, "uuid")
     body = expect_object(await json_body(request), "profile body")
     if body.get("uuid") not in (None, profile_uuid):
@@ -92,36 +68,28 @@ async def edit(request: web.Request) -> web.Response:
             f"uuid: the body is profile {body['uuid']!r}, the query names {profile_uuid!r}"
         )
     loaded_updated = parse_updated(body.get("updated"))
-    now = c.clock.now_ms()
+    now = services.clock.now_ms()
     profile = parse_profile(body, now)
     site_uuid = site(request).uuid
     user = session(request)
-
-    def write(conn: sqlite3.Connection) -> dict[str, Any]:
-        profiles.get_profile(conn, site_uuid, profile_uuid)  # 40400 before validation of refs
-        _check_references(conn, site_uuid, profile)
-        devices.register_serials(conn, site_uuid, profile.device_serials, now)
-        profiles.edit_profile(
-            conn,
-            site_uuid,
-            profile_uuid,
-            profile,
-            loaded_updated,
-            user.user_uuid if user else None,
-            now,
-        )
-        return render_profile(profiles.get_profile(conn, site_uuid, profile_uuid))
-
-    before = await c.scopes.get(site_uuid)
-    rendered = await c.db.write(write)
+    before = await services.scopes.get(site_uuid)
+    row = await profiles.update_profile(
+        services.db,
+        site_uuid,
+        profile_uuid,
+        profile,
+        loaded_updated,
+        user.user_uuid if user else None,
+        now,
+    )
     old = next((p for p in before.profiles if p.uuid == profile_uuid), None)
     await _announce(request, profile_uuid, profile, before=old)
-    return ok(rendered)
+    return ok(render_profile(row))
 
 
 @admin
 async def all_profiles(request: web.Request) -> web.Response:
-    rows = await ctx(request).db.read(profiles.all_profiles, site(request).uuid)
+    rows = await profiles.all_profiles(services_of(request).db, site(request).uuid)
     return ok([render_profile(r) for r in rows])
 
 
@@ -130,14 +98,14 @@ async def find(request: web.Request) -> web.Response:
     page = parse_page_request(
         request.query, sortable=frozenset(profiles.SORTABLE), filterable=frozenset(profiles.FILTERS)
     )
-    rows, total = await ctx(request).db.read(profiles.find_profiles, site(request).uuid, page)
+    rows, total = await profiles.find_profiles(services_of(request).db, site(request).uuid, page)
     return paged([render_profile(r) for r in rows], total=total, size=page.size)
 
 
 @admin
 async def find_by(request: web.Request) -> web.Response:
     profile_uuid = query_required(request.query, "uuid")
-    row = await ctx(request).db.read(profiles.get_profile, site(request).uuid, profile_uuid)
+    row = await profiles.load_profile(services_of(request).db, site(request).uuid, profile_uuid)
     return ok(render_profile(row))
 
 
@@ -145,8 +113,8 @@ async def find_by(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     profile_uuid = query_required(request.query, "uuid")
     page = parse_page_request(request.query, sortable=frozenset(), filterable=frozenset())
-    counts, rows, total = await ctx(request).db.read(
-        profiles.status, site(request).uuid, profile_uuid, page.page, page.size
+    counts, rows, total = await profiles.status(
+        services_of(request).db, site(request).uuid, profile_uuid, page.page, page.size
     )
     devices_rows = [
         {

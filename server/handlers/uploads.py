@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from aiohttp import BodyPartReader, web
 
 from server.blobs import Received
-from server.context import ctx
+from server.context import services_of
 from server.errors import InvalidField, TooLarge
 
 FIELD_LIMIT = 64 * 1024
@@ -25,8 +25,8 @@ class Upload:
 
 
 async def read_upload(request: web.Request, allowed_fields: frozenset[str]) -> Upload:
-    c = ctx(request)
-    limit = c.config.max_upload_bytes
+    services = services_of(request)
+    blobs, limit = services.blobs, services.config.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + FIELD_LIMIT:
         raise TooLarge(f"upload of {request.content_length} bytes is over the limit of {limit}")
     if not request.content_type.startswith("multipart/"):
@@ -42,7 +42,7 @@ async def read_upload(request: web.Request, allowed_fields: frozenset[str]) -> U
             if name == "file":
                 if received is not None:
                     raise InvalidField("file: only one file per upload")
-                received = await c.blobs.receive(part, limit)
+                received = await blobs.receive(part, limit)
             elif name in allowed_fields:
                 raw = await part.read_chunk(FIELD_LIMIT + 1)
                 if len(raw) > FIELD_LIMIT:
@@ -58,16 +58,16 @@ async def read_upload(request: web.Request, allowed_fields: frozenset[str]) -> U
                 )
     except ValueError as exc:  # aiohttp's multipart parser reports malformed bodies so
         if received is not None:
-            c.blobs.discard(received)
+            blobs.discard(received)
         raise InvalidField(f"body: malformed multipart/form-data ({exc})") from exc
     except BaseException:
         if received is not None:
-            c.blobs.discard(received)
+            blobs.discard(received)
         raise
     if received is None:
         raise InvalidField("file: the upload has no 'file' part")
     if received.length == 0:
-        c.blobs.discard(received)
+        blobs.discard(received)
         raise InvalidField("file: the uploaded file is empty")
     return Upload(file=received, fields=fields)
 

@@ -1,4 +1,8 @@
-"""The device API's storage (§7): tokens, check-in batches, inventories, events and progress."""
+"""The device API's storage (§7): tokens, check-in batches, inventories, events and progress.
+
+Each public function is one transaction (`await fn(db, ...)`); the rules it applies (event
+coverage, unscopeIfApplied) are decided by server.domain.coverage.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server.domain.coverage import UnscopeAction, first_uncovered, named_elsewhere, unscope
 from server.domain.device_reports import EventInput, progress_status
+from server.domain.profiles import next_updated
+from server.errors import NotForDevice
+from server.store.db import reads, writes
 from server.store.devices import DEVICE_COLUMNS
 from server.store.groups import parent_map
+from server.store.profiles import find_profile
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,6 +34,7 @@ class CheckinWrite:
     report: str  # JSON
 
 
+@writes
 def set_token(
     conn: sqlite3.Connection,
     site_uuid: str,
@@ -32,8 +42,9 @@ def set_token(
     token_hash: str,
     hardware: dict[str, str],
     now: int,
-) -> sqlite3.Row | None:
-    """Give the device a new token (revoking the old one); None when no such device."""
+) -> str | None:
+    """Give the device a new token (revoking the old one); its uuid, or None when no such
+    device."""
     row: sqlite3.Row | None = conn.execute(
         f"SELECT {DEVICE_COLUMNS} FROM devices WHERE site_uuid = ? AND serial_no = ?",
         (site_uuid, serial),
@@ -53,9 +64,10 @@ def set_token(
             row["uuid"],
         ),
     )
-    return row
+    return str(row["uuid"])
 
 
+@reads
 def device_row(conn: sqlite3.Connection, device_uuid: str) -> sqlite3.Row | None:
     row: sqlite3.Row | None = conn.execute(
         f"SELECT {DEVICE_COLUMNS} FROM devices WHERE uuid = ?", (device_uuid,)
@@ -63,7 +75,7 @@ def device_row(conn: sqlite3.Connection, device_uuid: str) -> sqlite3.Row | None
     return row
 
 
-def write_checkins(conn: sqlite3.Connection, writes: Sequence[CheckinWrite]) -> None:
+def write_checkins(conn: sqlite3.Connection, batch: Sequence[CheckinWrite]) -> None:
     conn.executemany(
         "UPDATE devices SET last_checked_in = ?, enrolled = COALESCE(enrolled, ?), "
         "client_version = ?, sleeping = ?, interval_s = ?, report = ? WHERE uuid = ?",
@@ -77,11 +89,12 @@ def write_checkins(conn: sqlite3.Connection, writes: Sequence[CheckinWrite]) -> 
                 w.report,
                 w.device_uuid,
             )
-            for w in writes
+            for w in batch
         ],
     )
 
 
+@writes
 def write_batch(
     conn: sqlite3.Connection,
     checkins: Sequence[CheckinWrite],
@@ -96,12 +109,14 @@ def write_batch(
     )
 
 
+@writes
 def mark_woken(conn: sqlite3.Connection, device_uuids: Sequence[str], now: int) -> None:
     conn.executemany(
         "UPDATE devices SET wake_sent = ? WHERE uuid = ?", [(now, u) for u in device_uuids]
     )
 
 
+@writes
 def save_inventory(
     conn: sqlite3.Connection,
     device_uuid: str,
@@ -121,6 +136,7 @@ def save_inventory(
     )
 
 
+@reads
 def scope_inputs(
     conn: sqlite3.Connection, site_uuid: str
 ) -> tuple[list[tuple[str, int, dict[str, Any]]], dict[str, str | None], dict[str, frozenset[str]]]:
@@ -154,11 +170,58 @@ def progress_of(conn: sqlite3.Connection, device_uuid: str) -> dict[str, sqlite3
     }
 
 
+@reads
+def profiles_with_progress(
+    conn: sqlite3.Connection, site_uuid: str, device_uuid: str, profile_uuids: Sequence[str]
+) -> list[tuple[sqlite3.Row, sqlite3.Row | None]]:
+    """These profiles (those deleted meanwhile left out), each with the device's progress row."""
+    progress = progress_of(conn, device_uuid)
+    found = []
+    for profile_uuid in profile_uuids:
+        row = find_profile(conn, site_uuid, profile_uuid)
+        if row is not None:
+            found.append((row, progress.get(profile_uuid)))
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class EventOutcome:
     stored: int
     applied_profiles: tuple[str, ...]  # profiles this batch moved to `applied`
     scope_changed: bool = False
+
+
+@writes
+def record_events(
+    conn: sqlite3.Connection,
+    site_uuid: str,
+    device_uuid: str,
+    serial: str,
+    events: Sequence[EventInput],
+    covering: frozenset[str],
+    now: int,
+) -> EventOutcome:
+    """Check every event may name its profile (42200 for the first that may not: nothing is
+    stored), store the new ones, then apply unscopeIfApplied for the profiles they applied."""
+    known = known_events(conn, device_uuid, [e.id for e in events])
+    covered_before = {
+        profile_uuid
+        for profile_uuid in named_elsewhere(events, covering)
+        if has_covered(conn, profile_uuid, device_uuid)
+    }
+    refused = first_uncovered(
+        events, covering=covering, covered_before=covered_before, known_ids=known
+    )
+    if refused is not None:
+        raise NotForDevice(
+            f"profileUuid: profile {refused.profile_uuid!r} does not cover this device "
+            f"(event {refused.id})"
+        )
+    outcome = store_events(conn, site_uuid, device_uuid, events, now)
+    changed = False
+    for profile_uuid in outcome.applied_profiles:
+        changed |= _unscope(conn, site_uuid, profile_uuid, device_uuid, serial, now)
+    return EventOutcome(outcome.stored, outcome.applied_profiles, changed)
 
 
 def known_events(conn: sqlite3.Connection, device_uuid: str, ids: Sequence[str]) -> set[str]:
@@ -270,7 +333,7 @@ def _inventory_upsert(
     )
 
 
-def unscope(
+def _unscope(
     conn: sqlite3.Connection,
     site_uuid: str,
     profile_uuid: str,
@@ -285,21 +348,17 @@ def unscope(
     ).fetchone()
     if row is None:
         return False
-    doc = json.loads(row[0])
-    section = doc.get("profile") or {}
-    if not section.get("unscopeIfApplied") or doc.get("isGlobal"):
+    change = unscope(json.loads(row[0]), serial)
+    if change.action == UnscopeAction.KEEP:
         return False
-    scope = doc.setdefault("scope", {"group": [], "device": []})
-    if serial in scope.get("device", []):
-        scope["device"] = [s for s in scope["device"] if s != serial]
     conn.execute(
         "INSERT OR IGNORE INTO profile_exclusions VALUES (?, ?)", (profile_uuid, device_uuid)
     )
-    if section.get("removeIfNoScope") and not scope.get("device") and not scope.get("group"):
+    if change.action == UnscopeAction.DELETE:
         conn.execute("DELETE FROM profiles WHERE uuid = ?", (profile_uuid,))
         return True
     conn.execute(
         "UPDATE profiles SET doc = ?, updated = ? WHERE uuid = ?",
-        (json.dumps(doc), max(now, row[1] + 1), profile_uuid),
+        (json.dumps(change.doc), next_updated(now, row[1]), profile_uuid),
     )
     return True

@@ -2,18 +2,23 @@
 
 A file row is one upload of one site; its bytes live in the content-addressed blob store, so
 two sites uploading the same bytes share the blob but not the row. An app's and an image's id
-is its `fileUuid`.
+is its `fileUuid`. Adding an upload is one transaction: identical bytes already in the site
+return the existing object; for apps the same package and versionCode with other bytes is
+40900; otherwise the blob is moved into place, then the file and app/image rows are written.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from server.domain.paging import PageRequest
+from server.errors import Conflict
+from server.store.db import reads, writes
 from server.store.query import FilterSpec, fetch_page
 
 FILE_COLUMNS = "uuid, site_uuid, sha256, length, file_name, content_type, created"
@@ -74,6 +79,7 @@ def insert_file(conn: sqlite3.Connection, site_uuid: str, file: StoredFile, now:
     )
 
 
+@reads
 def get_file(conn: sqlite3.Connection, site_uuid: str, file_uuid: str) -> StoredFile | None:
     row = conn.execute(
         f"SELECT {FILE_COLUMNS} FROM files WHERE site_uuid = ? AND uuid = ?", (site_uuid, file_uuid)
@@ -146,6 +152,7 @@ def insert_app(
     )
 
 
+@reads
 def all_apps(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
     return conn.execute(
         f"SELECT {APP_COLUMNS} FROM {_APPS_TABLE} WHERE a.site_uuid = ? "
@@ -154,6 +161,7 @@ def all_apps(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
     ).fetchall()
 
 
+@reads
 def find_apps(
     conn: sqlite3.Connection, site_uuid: str, request: PageRequest
 ) -> tuple[list[sqlite3.Row], int]:
@@ -218,6 +226,7 @@ def insert_ota(
     )
 
 
+@reads
 def all_otas(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
     return conn.execute(
         f"SELECT {OTA_COLUMNS} FROM {_OTAS_TABLE} WHERE o.site_uuid = ? "
@@ -226,6 +235,7 @@ def all_otas(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
     ).fetchall()
 
 
+@reads
 def find_otas(
     conn: sqlite3.Connection, site_uuid: str, request: PageRequest
 ) -> tuple[list[sqlite3.Row], int]:
@@ -241,6 +251,96 @@ def find_otas(
         site_column="o.site_uuid",
         rowid="o.rowid",
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewUpload:
+    """An upload that passed parsing and validation, ready for the writer."""
+
+    site_uuid: str
+    sha256: str
+    length: int
+    file_name: str
+    info: dict[str, Any]
+    name: str
+    enable: bool
+    user_uuid: str | None
+    now: int
+
+
+APK_TYPE = "application/vnd.android.package-archive"
+OTA_TYPE = "application/zip"
+
+
+@writes
+def add_app(
+    conn: sqlite3.Connection, new: NewUpload, place_blob: Callable[[], object]
+) -> sqlite3.Row:
+    """The app of these bytes, stored unless the site has them; `place_blob` moves the bytes
+    into place (in this transaction's thread, before the rows are written)."""
+    same = app_by_sha(conn, new.site_uuid, new.sha256)
+    if same is not None:
+        return same
+    package, version = new.info["packageName"], new.info["versionCode"]
+    clash = app_by_version(conn, new.site_uuid, package, version)
+    if clash is not None:
+        raise Conflict(
+            f"file: {package} versionCode {version} exists already with other content "
+            f"(fileUuid {clash['file_uuid']}); raise versionCode"
+        )
+    return _store_new(conn, new, place_blob, APK_TYPE, insert_app, app_by_uuid)
+
+
+@writes
+def add_ota(
+    conn: sqlite3.Connection, new: NewUpload, place_blob: Callable[[], object]
+) -> sqlite3.Row:
+    same = ota_by_sha(conn, new.site_uuid, new.sha256)
+    if same is not None:
+        return same
+    return _store_new(conn, new, place_blob, OTA_TYPE, insert_ota, ota_by_uuid)
+
+
+def _store_new(
+    conn: sqlite3.Connection,
+    new: NewUpload,
+    place_blob: Callable[[], object],
+    content_type: str,
+    insert: Callable[..., None],
+    load: Callable[[sqlite3.Connection, str, str], sqlite3.Row | None],
+) -> sqlite3.Row:
+    """Blob into place, then the file row and the app/image row, then read it back."""
+    place_blob()
+    stored = StoredFile(
+        uuid=str(uuid.uuid4()),
+        sha256=new.sha256,
+        length=new.length,
+        file_name=new.file_name,
+        content_type=content_type,
+    )
+    insert_file(conn, new.site_uuid, stored, new.now)
+    insert(
+        conn,
+        new.site_uuid,
+        file_uuid=stored.uuid,
+        info=new.info,
+        name=new.name,
+        enable=new.enable,
+        user_uuid=new.user_uuid,
+        now=new.now,
+    )
+    row = load(conn, new.site_uuid, stored.uuid)
+    assert row is not None
+    return row
+
+
+@reads
+def enabled_otas(
+    conn: sqlite3.Connection, site_uuid: str, file_uuids: Sequence[str]
+) -> list[sqlite3.Row]:
+    """The enabled images of the site among `file_uuids`, in that order."""
+    rows = (ota_by_uuid(conn, site_uuid, u) for u in file_uuids)
+    return [r for r in rows if r is not None and r["enable"]]
 
 
 def missing(

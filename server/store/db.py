@@ -1,27 +1,43 @@
-"""SQLite in WAL mode, kept off the event loop.
+"""SQLite in WAL mode, kept off the event loop; store functions declared as whole transactions.
 
 Theory of operation: one writer thread owns the only writing connection, so writes are
 serialised without SQLite busy-waits; `write(fn)` runs `fn(conn)` inside BEGIN IMMEDIATE ...
 COMMIT (ROLLBACK on any exception, so a failed request writes nothing). Two reader threads hold
 their own connections; WAL lets them read while the writer writes. `synchronous=FULL`: a commit
 that returned survives a power cut. Migrations run at open, each in its own transaction.
+
+A store function marked `@writes` or `@reads` is one transaction: callers `await fn(db, ...)`
+and never see a connection, so nothing outside server/store needs sqlite3. SQLite's own errors
+leave here as ServerErrors: a lock held past busy_timeout is `StoreBusy` (503, Retry-After),
+anything else `StoreFailed` (500; the log has the cause).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from server.errors import ConfigError
+from server.errors import ConfigError, ServerError, StoreBusy, StoreFailed
 from server.store.schema import MIGRATIONS, statements
 
 T = TypeVar("T")
+P = ParamSpec("P")
 READERS = 2
+_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
+def translate(exc: sqlite3.Error) -> ServerError:
+    """The ServerError a request or the CLI sees for one of SQLite's errors."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _BUSY:
+        return StoreBusy(str(exc))
+    return StoreFailed(f"{type(exc).__name__}: {exc}")
 
 
 class Database:
@@ -66,15 +82,21 @@ class Database:
         return result
 
     def _write_job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        return self._in_transaction(self._conn(), fn, args)
+        try:
+            return self._in_transaction(self._conn(), fn, args)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
     def _read_job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        conn = self._conn()
-        conn.execute("BEGIN")
         try:
-            return fn(conn, *args)
-        finally:
-            conn.execute("COMMIT")
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                return fn(conn, *args)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -129,3 +151,28 @@ class Database:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+
+
+def writes(
+    body: Callable[Concatenate[sqlite3.Connection, P], T],
+) -> Callable[Concatenate[Database, P], Awaitable[T]]:
+    """Declare `body(conn, ...)` one write transaction: `await body(db, ...)` runs it in the
+    writer thread, all or nothing."""
+
+    @functools.wraps(body)
+    async def transaction(db: Database, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await db.write(functools.partial(body, **kwargs), *args)
+
+    return transaction
+
+
+def reads(
+    body: Callable[Concatenate[sqlite3.Connection, P], T],
+) -> Callable[Concatenate[Database, P], Awaitable[T]]:
+    """Declare `body(conn, ...)` one read transaction (a consistent snapshot) in a reader thread."""
+
+    @functools.wraps(body)
+    async def transaction(db: Database, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await db.read(functools.partial(body, **kwargs), *args)
+
+    return transaction

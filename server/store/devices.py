@@ -10,11 +10,15 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from server.domain.devices import DeviceInput
+from server.domain.devices import DeviceInput, DeviceLookup
 from server.domain.paging import PageRequest
 from server.domain.presence import presence_sql
-from server.errors import InvalidField
+from server.errors import InvalidField, NotFound
+from server.store import reports
+from server.store.db import reads, writes
+from server.store.groups import get_groups
 from server.store.query import FilterSpec, fetch_page
 
 INSERT_COLUMNS = (
@@ -54,6 +58,7 @@ FILTERS = {
 FILTERABLE = frozenset(FILTERS)
 
 
+@writes
 def save_devices(
     conn: sqlite3.Connection,
     site_uuid: str,
@@ -152,6 +157,7 @@ def register_serials(
     return added
 
 
+@reads
 def exists(conn: sqlite3.Connection, site_uuid: str, serial: str) -> bool:
     return (
         conn.execute(
@@ -189,8 +195,66 @@ def find_page(
     )
 
 
+@reads
 def device_by_token(conn: sqlite3.Connection, token_hash: str) -> tuple[str, str] | None:
     row = conn.execute(
         "SELECT uuid, site_uuid FROM devices WHERE token_hash = ?", (token_hash,)
     ).fetchone()
     return (row[0], row[1]) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRows:
+    """Devices with the groups they are in (by uuid), and the count of all that matched."""
+
+    rows: list[sqlite3.Row]
+    groups: dict[str, sqlite3.Row]
+    total: int
+
+
+def _with_groups(conn: sqlite3.Connection, site_uuid: str, rows: list[sqlite3.Row]) -> DeviceRows:
+    group_ids = sorted({r["group_uuid"] for r in rows if r["group_uuid"]})
+    groups = {g["uuid"]: g for g in get_groups(conn, site_uuid, group_ids)}
+    return DeviceRows(rows, groups, len(rows))
+
+
+def _lookup(conn: sqlite3.Connection, site_uuid: str, lookup: DeviceLookup) -> sqlite3.Row:
+    row = find_one(conn, site_uuid, uuid=lookup.uuid, serial=lookup.serial)
+    if row is None:
+        raise NotFound(f"no device with {lookup.describe()} in this site")
+    return row
+
+
+@reads
+def device_page(
+    conn: sqlite3.Connection, site_uuid: str, request: PageRequest, now: int
+) -> DeviceRows:
+    rows, total = find_page(conn, site_uuid, request, now)
+    found = _with_groups(conn, site_uuid, rows)
+    return DeviceRows(found.rows, found.groups, total)
+
+
+@reads
+def one_device(conn: sqlite3.Connection, site_uuid: str, lookup: DeviceLookup) -> DeviceRows:
+    """The device named (40400 if absent), with its group."""
+    return _with_groups(conn, site_uuid, [_lookup(conn, site_uuid, lookup)])
+
+
+@reads
+def device_inventory(
+    conn: sqlite3.Connection, site_uuid: str, lookup: DeviceLookup
+) -> tuple[sqlite3.Row, sqlite3.Row | None]:
+    """The device named (40400 if absent) and its last inventory, if any."""
+    device = _lookup(conn, site_uuid, lookup)
+    return device, reports.inventory(conn, device["uuid"])
+
+
+@reads
+def device_app_status(
+    conn: sqlite3.Connection, site_uuid: str, lookup: DeviceLookup, package: str
+) -> tuple[sqlite3.Row, sqlite3.Row | None, sqlite3.Row | None]:
+    """The device named (40400 if absent), the package's AppStatus row and the last inventory."""
+    device = _lookup(conn, site_uuid, lookup)
+    status = reports.app_status(conn, device["uuid"], package)
+    inventory = reports.inventory(conn, device["uuid"]) if status is None else None
+    return device, status, inventory

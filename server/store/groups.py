@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from server.domain.groups import creates_cycle
 from server.errors import InvalidField, NotFound
+from server.store.db import reads, writes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,8 +67,36 @@ def get_groups(conn: sqlite3.Connection, site_uuid: str, uuids: list[str]) -> li
     ).fetchall()
 
 
+@reads
 def all_groups(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
     return conn.execute(
         f"SELECT {GROUP_COLUMNS} FROM device_groups WHERE site_uuid = ? ORDER BY created, uuid",
         (site_uuid,),
     ).fetchall()
+
+
+def _group(conn: sqlite3.Connection, site_uuid: str, group_uuid: str) -> sqlite3.Row:
+    rows = get_groups(conn, site_uuid, [group_uuid])
+    if not rows:
+        raise NotFound(f"uuid: no device group {group_uuid!r} in this site")
+    return rows[0]
+
+
+load_group = reads(_group)
+
+
+@dataclass(frozen=True, slots=True)
+class SavedGroup:
+    row: sqlite3.Row
+    parents: dict[str, str | None] | None  # the site's new parent map when the group moved
+
+
+@writes
+def save(conn: sqlite3.Connection, site_uuid: str, group: GroupInput, now: int) -> SavedGroup:
+    """Create or update the group; an existing group that changed parent is a move."""
+    old_parent = parent_map(conn, site_uuid).get(group.uuid or "")
+    saved = save_group(conn, site_uuid, group, now)
+    moved = group.uuid is not None and old_parent != group.parent_uuid
+    return SavedGroup(
+        _group(conn, site_uuid, saved), parent_map(conn, site_uuid) if moved else None
+    )

@@ -1,4 +1,10 @@
-"""Profiles: insert, edit with the stale-update check, reads, scope resolution and status counts."""
+"""Profiles: create, edit with the stale-update check, reads, scope resolution, status counts and
+the wakeToApply profiles with the devices they would wake.
+
+Saving a profile checks in the same transaction that the apps, images and groups it names exist
+in the site (40001 naming the first missing one) and saves the serials of `scope.device` that are
+not devices yet (no existing device is reset).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,11 @@ from typing import Any
 
 from server.domain.groups import with_descendants
 from server.domain.paging import PageRequest
-from server.domain.profiles import ProfileInput
-from server.errors import Conflict, NotFound
+from server.domain.profiles import ProfileInput, next_updated, wakes_to_apply
+from server.errors import Conflict, InvalidField, NotFound
+from server.store.catalog import missing
+from server.store.db import reads, writes
+from server.store.devices import register_serials
 from server.store.groups import parent_map
 from server.store.query import FilterSpec, fetch_page
 
@@ -57,14 +66,66 @@ def insert_profile(
     return new_uuid
 
 
-def get_profile(conn: sqlite3.Connection, site_uuid: str, profile_uuid: str) -> sqlite3.Row:
+def find_profile(conn: sqlite3.Connection, site_uuid: str, profile_uuid: str) -> sqlite3.Row | None:
     row: sqlite3.Row | None = conn.execute(
         f"SELECT {PROFILE_COLUMNS} FROM {_TABLE} WHERE p.site_uuid = ? AND p.uuid = ?",
         (site_uuid, profile_uuid),
     ).fetchone()
+    return row
+
+
+def get_profile(conn: sqlite3.Connection, site_uuid: str, profile_uuid: str) -> sqlite3.Row:
+    row = find_profile(conn, site_uuid, profile_uuid)
     if row is None:
         raise NotFound(f"uuid: no profile {profile_uuid!r} in this site")
     return row
+
+
+load_profile = reads(get_profile)
+
+
+def _check_references(conn: sqlite3.Connection, site_uuid: str, profile: ProfileInput) -> None:
+    checks = (
+        ("apps", profile.app_uuids, "apps.install[].uuid", "app"),
+        ("otas", profile.ota_uuids, "otas[]", "OTA image"),
+        ("device_groups", profile.group_uuids, "scope.group[]", "device group"),
+    )
+    for table, uuids, field, what in checks:
+        absent = missing(conn, table, site_uuid, uuids)
+        if absent:
+            raise InvalidField(
+                f"{field}: no {what} {absent[0]!r} in this site"
+                + ("; upload it before naming it in a profile" if table != "device_groups" else "")
+            )
+
+
+@writes
+def create_profile(
+    conn: sqlite3.Connection, site_uuid: str, profile: ProfileInput, writer: str | None, now: int
+) -> str:
+    """Check the references, save new serials, insert the profile; its uuid."""
+    _check_references(conn, site_uuid, profile)
+    register_serials(conn, site_uuid, profile.device_serials, now)
+    return insert_profile(conn, site_uuid, profile, writer, now)
+
+
+@writes
+def update_profile(
+    conn: sqlite3.Connection,
+    site_uuid: str,
+    profile_uuid: str,
+    profile: ProfileInput,
+    loaded_updated: int,
+    writer: str | None,
+    now: int,
+) -> sqlite3.Row:
+    """40400 for an unknown profile (before the references are checked), then as create, with
+    the stale-update check; the profile as stored."""
+    get_profile(conn, site_uuid, profile_uuid)
+    _check_references(conn, site_uuid, profile)
+    register_serials(conn, site_uuid, profile.device_serials, now)
+    edit_profile(conn, site_uuid, profile_uuid, profile, loaded_updated, writer, now)
+    return get_profile(conn, site_uuid, profile_uuid)
 
 
 def edit_profile(
@@ -82,7 +143,7 @@ def edit_profile(
             f"profile {profile_uuid!r} was changed at {current['updated']} since it was loaded "
             f"(updated {loaded_updated}); load it again and re-apply the edit"
         )
-    updated = max(now, current["updated"] + 1)
+    updated = next_updated(now, current["updated"])
     conn.execute(
         "UPDATE profiles SET name = ?, enabled = ?, is_global = ?, writer_uuid = ?, doc = ?, "
         "updated = ? WHERE uuid = ?",
@@ -98,6 +159,7 @@ def edit_profile(
     )
 
 
+@reads
 def all_profiles(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
     return conn.execute(
         f"SELECT {PROFILE_COLUMNS} FROM {_TABLE} WHERE p.site_uuid = ? ORDER BY p.created, p.rowid",
@@ -105,6 +167,7 @@ def all_profiles(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
     ).fetchall()
 
 
+@reads
 def find_profiles(
     conn: sqlite3.Connection, site_uuid: str, request: PageRequest
 ) -> tuple[list[sqlite3.Row], int]:
@@ -157,6 +220,7 @@ def scoped_devices(
     ).fetchall()
 
 
+@reads
 def status(
     conn: sqlite3.Connection, site_uuid: str, profile_uuid: str, page: int, size: int
 ) -> tuple[dict[str, int], list[sqlite3.Row], int]:
@@ -181,3 +245,32 @@ def status(
         (profile_uuid, *params, size, page * size),
     ).fetchall()
     return {"scoped": scoped, **counts}, rows, scoped
+
+
+@reads
+def wake_profiles(conn: sqlite3.Connection) -> list[tuple[str, str, dict[str, Any]]]:
+    """(site, uuid, doc) of every enabled wakeToApply profile."""
+    rows = conn.execute("SELECT site_uuid, uuid, doc FROM profiles WHERE enabled = 1").fetchall()
+    found = []
+    for site_uuid, profile_uuid, raw in rows:
+        doc = json.loads(raw)
+        if wakes_to_apply(doc):
+            found.append((site_uuid, profile_uuid, doc))
+    return found
+
+
+@reads
+def wake_candidates(
+    conn: sqlite3.Connection, site_uuid: str, profile_uuid: str
+) -> list[sqlite3.Row]:
+    """The devices the profile covers now, if it still is an enabled wakeToApply profile."""
+    row = conn.execute(
+        "SELECT doc, enabled FROM profiles WHERE uuid = ? AND site_uuid = ?",
+        (profile_uuid, site_uuid),
+    ).fetchone()
+    if row is None or not row["enabled"]:
+        return []
+    doc = json.loads(row["doc"])
+    if not wakes_to_apply(doc):
+        return []
+    return scoped_devices(conn, site_uuid, profile_uuid, doc)

@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import replace
 
 from server.domain.paging import PageRequest
+from server.store.db import reads
 from server.store.query import FilterSpec, fetch_page
 
 EVENT_COLUMNS = "id, device_uuid, profile_uuid, at, received, kind, target, status, reason, doc"
@@ -35,6 +36,7 @@ def app_status(conn: sqlite3.Connection, device_uuid: str, package: str) -> sqli
     return row
 
 
+@reads
 def find_events(
     conn: sqlite3.Connection, site_uuid: str, for_what: str | None, request: PageRequest
 ) -> tuple[list[sqlite3.Row], int]:

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from server.errors import InvalidField
+from server.store.db import reads, writes
 
 
 def create_site(conn: sqlite3.Connection, name: str, now: int) -> str:
@@ -39,6 +40,16 @@ def add_user(
     return user_uuid
 
 
+def create_site_with_admin(
+    conn: sqlite3.Connection, name: str, key_hash: str, email: str, password_hash: str, now: int
+) -> str:
+    """A site, its API key and its first admin, together or not at all; the site's uuid."""
+    site_uuid = create_site(conn, name, now)
+    add_api_key(conn, site_uuid, key_hash, now)
+    add_user(conn, site_uuid, email, password_hash, now)
+    return site_uuid
+
+
 def count_sites(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM sites").fetchone()[0])
 
@@ -60,6 +71,7 @@ def list_sites(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     ]
 
 
+@reads
 def site_for_key(conn: sqlite3.Connection, key_hash: str) -> tuple[str, str] | None:
     row = conn.execute(
         "SELECT s.uuid, s.name FROM api_keys k JOIN sites s ON s.uuid = k.site_uuid "
@@ -76,6 +88,9 @@ def user_by_email(conn: sqlite3.Connection, email: str) -> sqlite3.Row | None:
     return row
 
 
+load_user = reads(user_by_email)
+
+
 def add_token(
     conn: sqlite3.Connection, token_hash: str, user_uuid: str, site_uuid: str, expires: int
 ) -> None:
@@ -85,6 +100,7 @@ def add_token(
     )
 
 
+@reads
 def token(conn: sqlite3.Connection, token_hash: str) -> sqlite3.Row | None:
     row: sqlite3.Row | None = conn.execute(
         "SELECT t.user_uuid, t.site_uuid, t.expires, t.revoked, u.email FROM access_tokens t "
@@ -94,9 +110,24 @@ def token(conn: sqlite3.Connection, token_hash: str) -> sqlite3.Row | None:
     return row
 
 
+@writes
 def revoke_token(conn: sqlite3.Connection, token_hash: str) -> None:
     conn.execute("UPDATE access_tokens SET revoked = 1 WHERE token_hash = ?", (token_hash,))
 
 
 def purge_expired_tokens(conn: sqlite3.Connection, now: int) -> int:
     return conn.execute("DELETE FROM access_tokens WHERE expires < ?", (now,)).rowcount
+
+
+@writes
+def issue_token(
+    conn: sqlite3.Connection,
+    token_hash: str,
+    user_uuid: str,
+    site_uuid: str,
+    expires: int,
+    now: int,
+) -> None:
+    """Store a new access token; expired ones are of no use, so they are dropped here."""
+    purge_expired_tokens(conn, now)
+    add_token(conn, token_hash, user_uuid, site_uuid, expires)

@@ -11,7 +11,7 @@ import pytest
 
 from server.clock import FixedClock
 from server.config import ServerConfig
-from server.context import CTX
+from server.context import SERVICES
 from tests.conftest import StartServer
 from tests.helpers import APKS, Client, Server, expected_apks, seed_sites
 
@@ -189,7 +189,7 @@ async def test_a_given_parser_pool_is_used_and_left_running(
         assert (await client.upload_apk("basic-v1.apk")).status == 200
         app = server.app
         await server.stop()
-        assert app is not None and app[CTX].parser_pool is pool
+        assert app is not None and app[SERVICES].upload_parsers.pool is pool
         assert pool.submit(sum, [1, 2]).result() == 3  # not shut down by the app
     finally:
         pool.shutdown()
@@ -209,7 +209,7 @@ async def test_without_a_pool_the_app_runs_its_own_parser(
     app = server.app
     await server.stop()
     assert app is not None
-    own = app[CTX].parser_pool
+    own = app[SERVICES].upload_parsers.pool
     assert own is not None
     with pytest.raises(RuntimeError, match="shutdown"):
         own.submit(sum, [1, 2])

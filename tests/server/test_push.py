@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from server.clock import FixedClock
-from server.context import CTX
+from server.context import SERVICES
 from tests.helpers import Client, Server
 from tests.server.test_agent_api import CHECKIN, enroll
 from tests.server.test_groups import make_group
@@ -50,7 +50,7 @@ async def test_rtc_enabled_and_last_disconnected(
     """rtcEnabled is true while the socket is open; closing it sets lastDisconnected (written
     with the next check-in batch, which the test runs itself rather than wait for its timer)."""
     assert server.runner is not None
-    context = server.runner.app[CTX]
+    context = server.runner.app[SERVICES]
     closed = asyncio.Event()
     record = context.checkins.channel
 

@@ -27,6 +27,13 @@ from server.store.db import Database
 log = structlog.get_logger("server.checkins")
 
 
+@dataclass(frozen=True, slots=True)
+class CheckinStatistics:
+    cached_devices: int  # devices whose last report is held in memory
+    pending: int  # check-ins and channel changes waiting for the next batch
+    batches: int  # batches written since start
+
+
 @dataclass(slots=True)
 class DeviceState:
     uuid: str
@@ -53,14 +60,13 @@ class Checkins:
         self._channels: dict[str, tuple[str, bool, int]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._urgent = asyncio.Event()
-        self.written = 0
-        self.batches = 0
+        self._batches = 0
 
     async def device(self, device_uuid: str) -> DeviceState | None:
         state = self._devices.get(device_uuid)
         if state is not None:
             return state
-        row = await self.db.read(agent_store.device_row, device_uuid)
+        row = await agent_store.device_row(self.db, device_uuid)
         if row is None:
             return None
         state = self._devices.get(device_uuid)  # another request may have loaded it meanwhile
@@ -127,6 +133,13 @@ class Checkins:
         self._urgent.set()
         await waiter
 
+    def statistics(self) -> CheckinStatistics:
+        return CheckinStatistics(
+            cached_devices=len(self._devices),
+            pending=len(self._pending) + len(self._channels),
+            batches=self._batches,
+        )
+
     def channel(self, device_uuid: str, connected: bool) -> None:
         """The device's push channel opened or closed; written with the next batch."""
         self._channels[device_uuid] = (device_uuid, connected, self.clock.now_ms())
@@ -151,7 +164,7 @@ class Checkins:
         self._pending.clear()
         self._channels.clear()
         try:
-            await self.db.write(agent_store.write_batch, batch, channels)
+            await agent_store.write_batch(self.db, batch, channels)
         except Exception as exc:  # noqa: BLE001 - any store failure is reported to every waiter
             log.error("checkins.flush_failed", rows=len(batch), error=repr(exc))
             for device_write in batch:
@@ -162,8 +175,7 @@ class Checkins:
                 if not waiter.done():
                     waiter.set_exception(Unavailable("could not store the check-in", retry_after=5))
             return
-        self.written += len(batch)
-        self.batches += 1
+        self._batches += 1
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)

@@ -1,14 +1,15 @@
-"""Who gets a `sync` when the admin changes something (§7), using the hub's indexes.
+"""Who gets a `sync` when an admin changes something (§7), found through the hub's indexes.
 
 - A profile saved or edited: the connected devices it covered before or covers now.
 - A group moved under another parent: the connected devices of its subtree whose set of
-  covering profiles changed.
+  covering profile versions changed (domain.scope.covering_changed).
+Only connected devices are looked up, never every device of the site.
 """
 
 from __future__ import annotations
 
-from server.domain.scope import ScopedProfile, SiteScope
-from server.hub import Hub
+from server.domain.scope import ScopedProfile, SiteScope, covering_changed
+from server.services.hub import Hub
 
 SYNC = {"type": "sync"}
 
@@ -26,6 +27,7 @@ def covered_connected(hub: Hub, site_uuid: str, profile: ScopedProfile) -> set[s
 async def profile_changed(
     hub: Hub, site_uuid: str, before: ScopedProfile | None, after: ScopedProfile | None
 ) -> int:
+    """Sync the devices `before` or `after` covers; the number reached."""
     targets: set[str] = set()
     for version in (before, after):
         if version is not None:
@@ -36,23 +38,12 @@ async def profile_changed(
 async def groups_changed(
     hub: Hub, site_uuid: str, before: SiteScope, after: SiteScope, groups: set[str]
 ) -> int:
+    """Sync the devices of `groups` whose covering profiles differ between the two scopes."""
     targets = []
     for device_uuid in hub.by_groups(site_uuid, groups):
         ref = hub.ref(device_uuid)
-        if ref is None:
-            continue
-        old = {
-            (p.uuid, p.updated)
-            for p in before.for_device(
-                serial=ref.serial, group_uuid=ref.group_uuid, device_uuid=ref.uuid
-            )
-        }
-        new = {
-            (p.uuid, p.updated)
-            for p in after.for_device(
-                serial=ref.serial, group_uuid=ref.group_uuid, device_uuid=ref.uuid
-            )
-        }
-        if old != new:
+        if ref is not None and covering_changed(
+            before, after, serial=ref.serial, group_uuid=ref.group_uuid, device_uuid=ref.uuid
+        ):
             targets.append(device_uuid)
     return await hub.send(targets, SYNC)

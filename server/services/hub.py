@@ -3,6 +3,8 @@
 Connections are indexed by device, by (site, serial) and by (site, group), so a message for the
 devices a profile covers is sent by looking those devices up, never by scanning every
 connection (only a global profile reaches every connected device of its site, as it must).
+A device's ref is taken when its first socket opens: a device an admin moves to another group
+is reset, which closes its sockets, so a ref never goes stale.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from aiohttp import web
 log = structlog.get_logger("server.hub")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceRef:
     uuid: str
     site_uuid: str
@@ -69,17 +71,6 @@ class Hub:
 
     def ref(self, device_uuid: str) -> DeviceRef | None:
         return self._refs.get(device_uuid)
-
-    def move(self, device_uuid: str, group_uuid: str | None) -> None:
-        """A connected device changed group."""
-        ref = self._refs.get(device_uuid)
-        if ref is None or ref.group_uuid == group_uuid:
-            return
-        if ref.group_uuid is not None:
-            self._by_group.get((ref.site_uuid, ref.group_uuid), set()).discard(device_uuid)
-        ref.group_uuid = group_uuid
-        if group_uuid is not None:
-            self._by_group.setdefault((ref.site_uuid, group_uuid), set()).add(device_uuid)
 
     def in_site(self, site_uuid: str) -> set[str]:
         return set(self._by_site.get(site_uuid, ()))

@@ -22,7 +22,7 @@ class ScopeCache:
         if cached is not None:
             return cached
         generation = self._generation.get(site_uuid, 0)
-        profiles, parents, exclusions = await self.db.read(agent_store.scope_inputs, site_uuid)
+        profiles, parents, exclusions = await agent_store.scope_inputs(self.db, site_uuid)
         scope = compile_site(profiles, parents, exclusions)
         if self._generation.get(site_uuid, 0) == generation:
             self._sites[site_uuid] = scope

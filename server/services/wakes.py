@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
-import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from server.clock import Clock
 from server.domain.presence import Presence, presence
-from server.domain.profiles import start_of
-from server.hub import Hub
+from server.domain.profiles import start_of, wakes_to_apply
+from server.services.hub import Hub
 from server.store import agent as agent_store
 from server.store import profiles as profile_store
 from server.store.db import Database
 
 log = structlog.get_logger("server.wakes")
+
+
+@dataclass(frozen=True, slots=True)
+class WakeStatistics:
+    scheduled: int  # profiles waiting for their start
+    sent: int  # wakes sent since start
 
 
 class WakeScheduler:
@@ -34,10 +39,10 @@ class WakeScheduler:
         self.clock = clock
         self._heap: list[tuple[int, str, str]] = []
         self._changed = asyncio.Event()
-        self.sent = 0
+        self._sent = 0
 
     def schedule(self, site_uuid: str, profile_uuid: str, doc: dict[str, Any]) -> None:
-        if not doc.get("enabled", True) or not (doc.get("profile") or {}).get("wakeToApply"):
+        if not wakes_to_apply(doc):
             return
         due = start_of(doc) or self.clock.now_ms()
         heapq.heappush(self._heap, (due, site_uuid, profile_uuid))
@@ -45,7 +50,7 @@ class WakeScheduler:
 
     async def load(self) -> None:
         now = self.clock.now_ms()
-        for site_uuid, profile_uuid, doc in await self.db.read(_wake_profiles):
+        for site_uuid, profile_uuid, doc in await profile_store.wake_profiles(self.db):
             start = start_of(doc)
             if start is not None and start > now:
                 self.schedule(site_uuid, profile_uuid, doc)
@@ -67,7 +72,7 @@ class WakeScheduler:
 
     async def wake(self, site_uuid: str, profile_uuid: str) -> int:
         now = self.clock.now_ms()
-        rows = await self.db.read(_covered_devices, site_uuid, profile_uuid)
+        rows = await profile_store.wake_candidates(self.db, site_uuid, profile_uuid)
         sleepers = [
             r["uuid"]
             for r in rows
@@ -82,33 +87,11 @@ class WakeScheduler:
             == Presence.STANDBY
         ]
         if sleepers:
-            await self.db.write(agent_store.mark_woken, sleepers, now)
+            await agent_store.mark_woken(self.db, sleepers, now)
             await self.hub.send(sleepers, {"type": "wake"})
-        self.sent += len(sleepers)
+        self._sent += len(sleepers)
         log.info("wakes.sent", profile=profile_uuid, devices=len(sleepers))
         return len(sleepers)
 
-
-def _wake_profiles(conn: sqlite3.Connection) -> list[tuple[str, str, dict[str, Any]]]:
-    rows = conn.execute("SELECT site_uuid, uuid, doc FROM profiles WHERE enabled = 1").fetchall()
-    found = []
-    for site_uuid, profile_uuid, raw in rows:
-        doc = json.loads(raw)
-        if (doc.get("profile") or {}).get("wakeToApply"):
-            found.append((site_uuid, profile_uuid, doc))
-    return found
-
-
-def _covered_devices(
-    conn: sqlite3.Connection, site_uuid: str, profile_uuid: str
-) -> list[sqlite3.Row]:
-    row = conn.execute(
-        "SELECT doc, enabled FROM profiles WHERE uuid = ? AND site_uuid = ?",
-        (profile_uuid, site_uuid),
-    ).fetchone()
-    if row is None or not row["enabled"]:
-        return []
-    doc = json.loads(row["doc"])
-    if not (doc.get("profile") or {}).get("wakeToApply"):
-        return []
-    return profile_store.scoped_devices(conn, site_uuid, profile_uuid, doc)
+    def statistics(self) -> WakeStatistics:
+        return WakeStatistics(scheduled=len(self._heap), sent=self._sent)

@@ -1,0 +1,74 @@
+"""What handlers read from a request: who called (set by the auth middleware), the JSON body,
+and the mark that tells the auth middleware which credentials a handler needs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+
+from server.auth import Session, Site
+from server.context import services_of
+from server.domain.validation import parse_json
+from server.errors import TooLarge
+
+AuthKind = Literal["public", "key", "admin", "device", "file"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent the request, set by the auth middleware."""
+
+    site: Site
+    session: Session | None = None
+    bearer: str | None = None
+    device_uuid: str | None = None
+
+
+CALLER = web.RequestKey("caller", Caller)
+
+
+def auth_kind(kind: AuthKind) -> Callable[[Handler], Handler]:
+    """Mark a handler with the credentials it needs; the auth middleware reads the mark."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.auth_kind = kind  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+public = auth_kind("public")
+site_key = auth_kind("key")
+admin = auth_kind("admin")
+device = auth_kind("device")
+file_access = auth_kind("file")
+
+
+def caller(request: web.Request) -> Caller:
+    return request[CALLER]
+
+
+def site(request: web.Request) -> Site:
+    return request[CALLER].site
+
+
+def session(request: web.Request) -> Session | None:
+    return request[CALLER].session
+
+
+async def json_body(request: web.Request) -> Any:
+    limit = services_of(request).config.max_json_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(
+            f"request body of {request.content_length} bytes is over the limit of {limit}"
+        )
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        raw.extend(chunk)
+        if len(raw) > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
+    return parse_json(bytes(raw))
