@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from agent import __version__
+from agent import __version__, protocol
 from agent.clock import SystemClock
 from agent.config import PLATFORMS, AgentConfig, load
 from agent.errors import AgentError, ConfigError, FormatError
@@ -231,9 +231,9 @@ async def _look(command: str, args: argparse.Namespace, config: AgentConfig) -> 
         return 0
     platform = make_platform(config)
     if command == "facts":
-        _print((await gather_facts(platform)).to_json())
+        _print(protocol.facts_to_wire(await gather_facts(platform)))
         return 0
-    apps = [a.to_json() for a in await platform.installed_apps()]
+    apps = [protocol.app_to_wire(a) for a in await platform.installed_apps()]
     if command == "inventory":
         if args.json:
             _print(apps)
@@ -241,7 +241,8 @@ async def _look(command: str, args: argparse.Namespace, config: AgentConfig) -> 
             for app in apps:
                 sys.stdout.write(f"{app['packageName']}\t{app['versionCode']}\t{app['label']}\n")
         return 0
-    snapshot = {"snapshot_version": 1, **(await gather_facts(platform)).to_json(), "apps": apps}
+    facts = protocol.facts_to_wire(await gather_facts(platform))
+    snapshot = {"snapshot_version": 1, **facts, "apps": apps}
     if args.output is None:
         _print(snapshot)
         return 0

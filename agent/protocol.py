@@ -8,11 +8,19 @@ with Retry-After), ProtocolError (not JSON, not the envelope, an HTML error page
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from agent.errors import API_ERRORS, ApiError, ProtocolError
+from agent.models import (
+    AppRecord,
+    BuildInfo,
+    DeviceFacts,
+    HardwareInfo,
+    PowerState,
+    ProfileEvent,
+)
 
 API_KEY_HEADER = "X-API-Key"
 AUTHORIZATION = "Authorization"
@@ -110,15 +118,10 @@ def checkin(creds: Credentials, body: Mapping[str, Any]) -> Request:
     )
 
 
-def put_apps(
-    creds: Credentials, category: str, apps: list[dict[str, Any]], inventory_hash: str
-) -> Request:
+def put_apps(creds: Credentials, report: Mapping[str, Any]) -> Request:
+    """Send an inventory report made by `inventory_report` (as the outbox kept it)."""
     return Request(
-        method="PUT",
-        path=APPS,
-        name="apps",
-        headers=device_headers(creds),
-        body={"category": category, "apps": apps, "inventoryHash": inventory_hash},
+        method="PUT", path=APPS, name="apps", headers=device_headers(creds), body=dict(report)
     )
 
 
@@ -129,6 +132,16 @@ def profiles(creds: Credentials) -> Request:
 def events(creds: Credentials, batch: list[dict[str, Any]]) -> Request:
     return Request(
         method="POST", path=EVENTS, name="events", headers=device_headers(creds), body=batch
+    )
+
+
+def ota_next(creds: Credentials, profile: str) -> Request:
+    return Request(
+        method="GET",
+        path=OTA_NEXT,
+        name="ota_next",
+        params={"profileUuid": profile},
+        headers=device_headers(creds),
     )
 
 
@@ -180,7 +193,6 @@ class ProfileRef:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckinReply:
     next_checkin_s: float
-    server_time: str
     inventory_wanted: bool
     profiles: tuple[ProfileRef, ...]
 
@@ -206,7 +218,6 @@ def parse_checkin_reply(data: Any) -> CheckinReply:
         next_checkin_s=float(
             _expect(data.get("nextCheckinSeconds"), (int, float), "nextCheckinSeconds")
         ),
-        server_time=str(data.get("serverTime", "")),
         inventory_wanted=bool(data.get("inventoryWanted", False)),
         profiles=tuple(refs),
     )
@@ -229,3 +240,228 @@ def parse_registration(data: Any) -> Registration:
 def parse_login(data: Any) -> str:
     _expect(data, dict, "login")
     return str(_expect(data.get("access_token"), str, "access_token"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileDoc:
+    """One profile assigned to the device (`GET agent/profiles`); `doc` is read by the planner."""
+
+    uuid: str
+    updated: int
+    doc: Mapping[str, Any]
+
+
+def parse_profiles(data: Any) -> list[ProfileDoc]:
+    """The profile documents in the server's order; items without a uuid are ignored."""
+    found = []
+    for item in data if isinstance(data, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("uuid"), str):
+            found.append(
+                ProfileDoc(uuid=item["uuid"], updated=int(item.get("updated") or 0), doc=item)
+            )
+    return found
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OtaOffer:
+    """The answer of `ota/next`: the image to install (its fileUuid and otaInfo.abUpdate), or
+    none and the feed's reason (`not_before`, `up_to_date`, ...)."""
+
+    file_uuid: str | None
+    ab_update: bool = False
+    reason: str = ""
+
+
+def parse_ota_offer(data: Any) -> OtaOffer:
+    if not isinstance(data, dict):
+        return OtaOffer(file_uuid=None)
+    reason = str(data.get("reason", ""))
+    image = data.get("ota")
+    if image is None:
+        return OtaOffer(file_uuid=None, reason=reason)
+    _expect(image, dict, "ota_next.ota")
+    info = image.get("otaInfo") or {}
+    return OtaOffer(
+        file_uuid=str(_expect(image.get("fileUuid"), str, "ota.fileUuid")),
+        ab_update=bool(info.get("abUpdate")) if isinstance(info, dict) else False,
+        reason=reason,
+    )
+
+
+# -- files (`/ota/api/file/{fileUuid}`) -------------------------------------------------------
+
+FILE = "/ota/api/file/{}"
+CHECKSUM_HEADER = "X-Checksum-SHA256"
+ETAG_HEADER = "ETag"
+IF_RANGE_HEADER = "If-Range"
+
+
+def file_path(file_uuid: str) -> str:
+    return FILE.format(file_uuid)
+
+
+def download_headers(creds: Credentials, *, if_range: str | None = None) -> dict[str, str]:
+    """A device's file download; `if_range` (the ETag seen before) resumes only that file."""
+    headers = device_headers(creds)
+    if if_range:
+        headers[IF_RANGE_HEADER] = if_range
+    return headers
+
+
+def expected_sha256(headers: Mapping[str, str]) -> str:
+    """The sha256 the server gives for a file (its checksum header, else its ETag), or ""."""
+    return headers.get(CHECKSUM_HEADER) or (headers.get(ETAG_HEADER) or "").strip('"')
+
+
+# -- the agent's values <-> JSON (the field names of §7) ----------------------------------------
+
+HARDWARE_SECTION = "hardware_info"
+BUILD_SECTION = "build"
+# attribute of the dataclass -> JSON field name
+HARDWARE_FIELDS: Final = {
+    "serial_no": "serial_no",
+    "manufacturer": "manufacturer",
+    "brand": "brand",
+    "model": "model",
+}
+BUILD_FIELDS: Final = {
+    "fingerprint": "fingerprint",
+    "build_date": "buildDate",
+    "display_id": "displayId",
+    "sdk": "sdk",
+    "device_id": "deviceId",
+    "product_id": "productId",
+    "sku_id": "skuId",
+    "customer_id": "customerId",
+    "ab_update": "abUpdate",
+    "slot": "slot",
+    "region": "region",
+}
+APP_FIELDS: Final = {
+    "package_name": "packageName",
+    "label": "label",
+    "version_code": "versionCode",
+    "version_name": "versionName",
+    "min_sdk_version": "minSdkVersion",
+    "target_sdk_version": "targetSdkVersion",
+    "max_sdk_version": "maxSdkVersion",
+    "cert_md5": "certMd5",
+    "app_size": "appSize",
+    "data_size": "dataSize",
+    "first_installed": "firstInstalled",
+    "last_updated": "lastUpdated",
+}
+_HARDWARE_ATTRIBUTES: Final = {wire: attribute for attribute, wire in HARDWARE_FIELDS.items()}
+_BUILD_ATTRIBUTES: Final = {wire: attribute for attribute, wire in BUILD_FIELDS.items()}
+_APP_ATTRIBUTES: Final = {wire: attribute for attribute, wire in APP_FIELDS.items()}
+CLIENT_VERSION = 1  # states.clientVersion: bump when the agent's protocol behaviour changes
+
+
+def _to_wire(value: object, names: Mapping[str, str]) -> dict[str, Any]:
+    return {wire: getattr(value, attribute) for attribute, wire in names.items()}
+
+
+def hardware_to_wire(hardware: HardwareInfo) -> dict[str, str]:
+    return _to_wire(hardware, HARDWARE_FIELDS)
+
+
+def build_to_wire(build: BuildInfo) -> dict[str, Any]:
+    return _to_wire(build, BUILD_FIELDS)
+
+
+def power_to_wire(power: PowerState) -> dict[str, Any]:
+    return {"ac": power.ac, "battery": power.battery}
+
+
+def app_to_wire(app: AppRecord) -> dict[str, Any]:
+    return _to_wire(app, APP_FIELDS)
+
+
+def app_from_wire(values: Mapping[str, Any]) -> AppRecord:
+    """An AppInfo as a record; fields it lacks keep their defaults, unknown ones are ignored."""
+    return AppRecord(**{_APP_ATTRIBUTES[k]: v for k, v in values.items() if k in _APP_ATTRIBUTES})
+
+
+def facts_to_wire(facts: DeviceFacts) -> dict[str, Any]:
+    """The device's facts as `midm-agent facts` prints them (and `--facts` reads the first two)."""
+    return {
+        HARDWARE_SECTION: hardware_to_wire(facts.hardware),
+        BUILD_SECTION: build_to_wire(facts.build),
+        "power": power_to_wire(facts.power),
+        "network": facts.network,
+        "sleeping": facts.sleeping,
+    }
+
+
+def hardware_from_wire(values: Mapping[str, Any]) -> dict[str, str]:
+    """`hardware_info` fields as HardwareInfo attributes (strings); KeyError on an unknown one."""
+    return {_HARDWARE_ATTRIBUTES[k]: str(v) for k, v in values.items()}
+
+
+def build_from_wire(
+    values: Mapping[str, Any], keep: Callable[[str], bool] = lambda attribute: True
+) -> dict[str, Any]:
+    """`build` fields as BuildInfo attributes of the right type, those `keep(attribute)` wants;
+    KeyError on an unknown field."""
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        attribute = _BUILD_ATTRIBUTES[key]
+        if not keep(attribute):
+            continue
+        if attribute == "build_date":
+            changes[attribute] = None if value is None else int(value)
+        elif attribute == "ab_update":
+            changes[attribute] = bool(value)
+        else:
+            changes[attribute] = str(value)
+    return changes
+
+
+def checkin_body(
+    facts: DeviceFacts, *, rtc_enabled: bool, inventory_hash: str | None
+) -> dict[str, Any]:
+    """The check-in's body (§7) from the device's facts."""
+    body: dict[str, Any] = {
+        "states": {
+            "clientVersion": CLIENT_VERSION,
+            "rtcEnabled": rtc_enabled,
+            "state": "sleeping" if facts.sleeping else "online",
+        },
+        "activity": "sleeping" if facts.sleeping else "active",
+        "power": power_to_wire(facts.power),
+        "network": facts.network,
+        "build": build_to_wire(facts.build),
+    }
+    if inventory_hash is not None:
+        body["inventoryHash"] = inventory_hash
+    return body
+
+
+def inventory_report(apps: Iterable[AppRecord], inventory_hash: str) -> dict[str, Any]:
+    """The body of `PUT agent/apps` for the whole inventory (kept in the outbox as it is)."""
+    return {
+        "category": "all",
+        "apps": [app_to_wire(a) for a in apps],
+        "inventoryHash": inventory_hash,
+    }
+
+
+def inventory_hash_of(report: Mapping[str, Any]) -> str:
+    """The hash an inventory report (from `inventory_report`) carries."""
+    return str(report["inventoryHash"])
+
+
+def event_to_wire(event: ProfileEvent) -> dict[str, Any]:
+    """A profile event as `POST agent/events` takes it (the outbox adds `id`, the agent `at`)."""
+    body: dict[str, Any] = {
+        "profileUuid": event.profile,
+        "kind": str(event.kind),
+        "target": event.target,
+        "status": str(event.status),
+        "reason": str(event.reason),
+    }
+    if event.version_code is not None:
+        body["versionCode"] = event.version_code
+    if event.build is not None:
+        body["build"] = event.build
+    return body

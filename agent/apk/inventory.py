@@ -24,15 +24,16 @@ import multiprocessing
 import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from agent import protocol
 from agent.apk.times import app_times
 from agent.errors import PlatformError
-from agent.platforms.base import AppRecord
+from agent.models import AppRecord
 from agent.runtime.files import write_atomic
 
 log = structlog.get_logger("agent.inventory")
@@ -42,7 +43,8 @@ PROCESS_POOL_THRESHOLD = 16  # changed APKs above which parsing moves to worker 
 
 
 def parse_apk(path: str) -> dict[str, Any]:
-    """Worker: the APK's metadata as a dict, or {"error": reason, "message": text}."""
+    """Worker: the APK's identity as AppInfo fields (the cache keeps them so), or
+    {"error": reason, "message": text}."""
     from agent.errors import ApkError
     from midm_common.apk import read_apk_metadata
 
@@ -50,16 +52,17 @@ def parse_apk(path: str) -> dict[str, Any]:
         meta = read_apk_metadata(Path(path))
     except ApkError as exc:
         return {"error": exc.reason, "message": str(exc)}
-    return {
-        "packageName": meta.package_name,
-        "label": meta.label,
-        "versionCode": meta.version_code,
-        "versionName": meta.version_name,
-        "minSdkVersion": meta.min_sdk_version,
-        "targetSdkVersion": meta.target_sdk_version,
-        "maxSdkVersion": meta.max_sdk_version,
-        "certMd5": meta.cert_md5,
-    }
+    identity = AppRecord(
+        package_name=meta.package_name,
+        label=meta.label,
+        version_code=meta.version_code,
+        version_name=meta.version_name,
+        min_sdk_version=meta.min_sdk_version,
+        target_sdk_version=meta.target_sdk_version,
+        max_sdk_version=meta.max_sdk_version,
+        cert_md5=meta.cert_md5,
+    )
+    return {k: v for k, v in protocol.app_to_wire(identity).items() if v is not None}
 
 
 def parse_many(paths: list[str]) -> list[dict[str, Any]]:
@@ -308,9 +311,10 @@ class InventoryScanner:
             if base is None or meta is None or "error" in meta:
                 skipped += 1
                 continue
-            package = meta["packageName"]
+            identity = protocol.app_from_wire(meta)
+            package = identity.package_name
             known = records.get(package)
-            if known is not None and (meta["versionCode"] or 0) <= (known.version_code or 0):
+            if known is not None and (identity.version_code or 0) <= (known.version_code or 0):
                 continue
             times = app_times(
                 remembered=self.cache.first_installed.get(package),
@@ -318,15 +322,8 @@ class InventoryScanner:
                 mtime_ms=base.st_mtime_ns // 1_000_000,
             )
             firsts[package] = times.first_installed
-            records[package] = AppRecord(
-                package_name=package,
-                version_code=meta["versionCode"],
-                label=meta["label"],
-                version_name=meta["versionName"],
-                min_sdk_version=meta["minSdkVersion"],
-                target_sdk_version=meta["targetSdkVersion"],
-                max_sdk_version=meta["maxSdkVersion"],
-                cert_md5=meta["certMd5"],
+            records[package] = replace(
+                identity,
                 app_size=sum(s.st_size for p in (app.base, *app.splits) if (s := stats.get(p))),
                 data_size=0,
                 first_installed=times.first_installed,

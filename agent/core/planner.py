@@ -20,10 +20,10 @@ from enum import StrEnum
 from typing import Any
 
 from agent.core.schedule import current_occurrence, minutes_until_open
+from agent.models import DONE, Kind
 
-DONE = frozenset({"installed", "applied", "skipped", "failed"})
 PARTS = ("apps", "otas", "settings")
-KIND = {"apps": "app", "otas": "ota", "settings": "settings"}
+_KIND_OF_PART = {"apps": Kind.APP, "otas": Kind.OTA, "settings": Kind.SETTINGS}
 
 
 class Reason(StrEnum):
@@ -50,13 +50,13 @@ class ProfileProgress:
 
     updated: int
     occurrence: int
-    items: Mapping[str, str] = field(default_factory=dict)  # item key -> last status
+    items: Mapping[str, str] = field(default_factory=dict)  # item key -> last ItemStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Action:
     profile: str
-    kind: str  # app, ota, settings
+    kind: Kind  # app, ota, settings
     key: str  # "app:<fileUuid>", "ota", "settings"
     target: str  # fileUuid for apps, "" otherwise
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -168,7 +168,7 @@ def plan(
                 actions.append(
                     Action(
                         profile=uuid,
-                        kind=part.rstrip("s") if part != "settings" else "settings",
+                        kind=_KIND_OF_PART[part],
                         key=key,
                         target=target,
                         options=options,

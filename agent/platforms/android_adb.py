@@ -18,7 +18,8 @@ from typing import Any
 from agent.apk.inventory import CACHE_FILE, AppFiles, InventoryScanner
 from agent.apk.times import ordered_times
 from agent.errors import PlatformError
-from agent.platforms.base import AppRecord, BuildInfo, HardwareInfo, PowerState
+from agent.models import ApkArtifact, AppRecord, BuildInfo, HardwareInfo, OtaArtifact, PowerState
+from agent.platforms.base import file_of
 from agent.platforms.facts_file import override_build, override_hardware
 
 _PROP = re.compile(r"^\[(?P<key>[^\]]+)\]: \[(?P<value>.*)\]$")
@@ -265,12 +266,13 @@ class AndroidPlatform:
             partial.replace(local)
         return local
 
-    async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
-        target = f"/data/local/tmp/{apk.name}"
+    async def install_app(self, apk: ApkArtifact, *, grant_all: bool = False) -> None:
+        path = file_of(apk)
+        target = f"/data/local/tmp/{path.name}"
         if self.adb is not None:
-            await self._run("push", str(apk), target)
+            await self._run("push", str(path), target)
         else:
-            target = str(apk)
+            target = str(path)
         await self._shell("pm", "install", "-r", *(["-g"] if grant_all else []), target)
 
     async def uninstall_app(self, package: str) -> None:
@@ -281,9 +283,10 @@ class AndroidPlatform:
             for key, value in (settings.get(namespace) or {}).items():
                 await self._shell("settings", "put", namespace, str(key), str(value))
 
-    async def apply_ota(self, package: Path, *, ab_update: bool) -> None:
+    async def apply_ota(self, image: OtaArtifact, *, ab_update: bool) -> None:
         """A/B: update_engine_client on the payload inside the zip (--follow for the outcome);
         non-A/B: stage the package for recovery. The caller reboots afterwards."""
+        package = file_of(image)
         target = f"/data/ota_package/{package.name}"
         if self.adb is not None:
             await self._run("push", str(package), target)

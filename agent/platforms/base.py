@@ -1,115 +1,37 @@
-"""The Platform seam: what the agent asks of a device, as typed values.
+"""The Platform seam: what the agent asks of a device, as typed values (agent.models).
 
 Every platform (linux, android, simulated) implements `Platform`; the agent never touches the
-device otherwise. Facts use the check-in body's field names when they go on the wire.
+device otherwise. Installs take an artifact whose metadata the agent has already read (once per
+content): a platform never parses an APK or OTA package it is given. The JSON form of the facts
+is agent.protocol's business.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.errors import PlatformError
+from agent.models import (
+    ApkArtifact,
+    AppRecord,
+    BuildInfo,
+    DeviceFacts,
+    HardwareInfo,
+    OtaArtifact,
+    PowerState,
+)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HardwareInfo:
-    serial_no: str
-    manufacturer: str = ""
-    brand: str = ""
-    model: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BuildInfo:
-    fingerprint: str = ""
-    build_date: int | None = None
-    display_id: str = ""
-    sdk: str = ""
-    device_id: str = ""
-    product_id: str = ""
-    sku_id: str = ""
-    customer_id: str = ""
-    ab_update: bool = False
-    slot: str = ""
-    region: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "fingerprint": self.fingerprint,
-            "buildDate": self.build_date,
-            "displayId": self.display_id,
-            "sdk": self.sdk,
-            "deviceId": self.device_id,
-            "productId": self.product_id,
-            "skuId": self.sku_id,
-            "customerId": self.customer_id,
-            "abUpdate": self.ab_update,
-            "slot": self.slot,
-            "region": self.region,
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PowerState:
-    ac: bool
-    battery: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AppRecord:
-    """One installed app, with the AppInfo field names of the protocol."""
-
-    package_name: str
-    version_code: int | None = None
-    label: str = ""
-    version_name: str = ""
-    min_sdk_version: str = ""
-    target_sdk_version: str = ""
-    max_sdk_version: str = ""
-    cert_md5: str = ""
-    app_size: int | None = None
-    data_size: int | None = None
-    first_installed: int | None = None
-    last_updated: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "packageName": self.package_name,
-            "label": self.label,
-            "versionCode": self.version_code,
-            "versionName": self.version_name,
-            "minSdkVersion": self.min_sdk_version,
-            "targetSdkVersion": self.target_sdk_version,
-            "maxSdkVersion": self.max_sdk_version,
-            "certMd5": self.cert_md5,
-            "appSize": self.app_size,
-            "dataSize": self.data_size,
-            "firstInstalled": self.first_installed,
-            "lastUpdated": self.last_updated,
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceFacts:
-    hardware: HardwareInfo
-    build: BuildInfo
-    power: PowerState
-    network: str
-    sleeping: bool
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "hardware_info": self.hardware.to_json(),
-            "build": self.build.to_json(),
-            "power": {"ac": self.power.ac, "battery": self.power.battery},
-            "network": self.network,
-            "sleeping": self.sleeping,
-            **self.extra,
-        }
+__all__ = [
+    "AppRecord",
+    "BuildInfo",
+    "DeviceFacts",
+    "HardwareInfo",
+    "Platform",
+    "PowerState",
+    "file_of",
+    "gather_facts",
+]
 
 
 class Platform(Protocol):
@@ -127,13 +49,17 @@ class Platform(Protocol):
 
     async def installed_apps(self) -> list[AppRecord]: ...
 
-    async def install_app(self, apk: Path, *, grant_all: bool = False) -> None: ...
+    async def install_app(self, apk: ApkArtifact, *, grant_all: bool = False) -> None:
+        """Install `apk` (a platform that needs the file raises PlatformError without one)."""
+        ...
 
     async def uninstall_app(self, package: str) -> None: ...
 
     async def apply_settings(self, settings: dict[str, Any]) -> None: ...
 
-    async def apply_ota(self, package: Path, *, ab_update: bool) -> None: ...
+    async def apply_ota(self, image: OtaArtifact, *, ab_update: bool) -> None:
+        """Stage `image` for the next boot (the caller reboots afterwards)."""
+        ...
 
     async def reboot(self) -> None: ...
 
@@ -162,3 +88,13 @@ async def gather_facts(platform: Platform) -> DeviceFacts:
         network=await platform.network(),
         sleeping=await platform.sleeping(),
     )
+
+
+def file_of(artifact: ApkArtifact | OtaArtifact) -> Path:
+    """The artifact's file, for platforms that install from one."""
+    if artifact.path is None:
+        raise PlatformError(
+            f"content {artifact.sha256[:12]} was only hashed, not kept: this platform installs "
+            "from a file (give the agent a file-backed artifact store)"
+        )
+    return artifact.path

@@ -16,23 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent import protocol
 from agent.errors import ConfigError
-from agent.platforms.base import BuildInfo, HardwareInfo
+from agent.models import BuildInfo, HardwareInfo
 
-_BUILD_FIELDS = {
-    "fingerprint": "fingerprint",
-    "buildDate": "build_date",
-    "displayId": "display_id",
-    "sdk": "sdk",
-    "deviceId": "device_id",
-    "productId": "product_id",
-    "skuId": "sku_id",
-    "customerId": "customer_id",
-    "abUpdate": "ab_update",
-    "slot": "slot",
-    "region": "region",
+_SECTIONS = {
+    protocol.HARDWARE_SECTION: tuple(protocol.HARDWARE_FIELDS.values()),
+    protocol.BUILD_SECTION: tuple(protocol.BUILD_FIELDS.values()),
 }
-_HARDWARE_FIELDS = ("serial_no", "manufacturer", "brand", "model")
 
 
 def load_facts(path: Path) -> dict[str, Any]:
@@ -44,7 +35,7 @@ def load_facts(path: Path) -> dict[str, Any]:
         raise ConfigError(f"--facts {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"--facts {path}: must be a JSON object")
-    for section, fields in (("hardware_info", _HARDWARE_FIELDS), ("build", tuple(_BUILD_FIELDS))):
+    for section, fields in _SECTIONS.items():
         given = values.get(section, {})
         if not isinstance(given, dict):
             raise ConfigError(f"--facts {path}: {section} must be an object")
@@ -57,24 +48,17 @@ def load_facts(path: Path) -> dict[str, Any]:
 
 
 def override_hardware(hardware: HardwareInfo, facts: dict[str, Any]) -> HardwareInfo:
-    given = facts.get("hardware_info") or {}
-    return replace(hardware, **{k: str(v) for k, v in given.items()})
+    given = facts.get(protocol.HARDWARE_SECTION) or {}
+    return replace(hardware, **protocol.hardware_from_wire(given))
 
 
 def override_build(
     build: BuildInfo, facts: dict[str, Any], *, fill_only: bool = False
 ) -> BuildInfo:
     """`build` with the facts' build fields over it; with `fill_only`, only over empty ones."""
-    given = facts.get("build") or {}
-    changes: dict[str, Any] = {}
-    for key, value in given.items():
-        attribute = _BUILD_FIELDS[key]
-        if fill_only and getattr(build, attribute) not in ("", None):
-            continue
-        if attribute == "build_date":
-            changes[attribute] = None if value is None else int(value)
-        elif attribute == "ab_update":
-            changes[attribute] = bool(value)
-        else:
-            changes[attribute] = str(value)
-    return replace(build, **changes)
+    given = facts.get(protocol.BUILD_SECTION) or {}
+    if fill_only:
+        return replace(
+            build, **protocol.build_from_wire(given, lambda a: getattr(build, a) in ("", None))
+        )
+    return replace(build, **protocol.build_from_wire(given))

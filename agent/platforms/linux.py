@@ -29,7 +29,8 @@ import structlog
 
 from agent.apk.inventory import CACHE_FILE, InventoryScanner, folder_problem
 from agent.errors import ApkError, PlatformError
-from agent.platforms.base import AppRecord, BuildInfo, HardwareInfo, PowerState
+from agent.models import ApkArtifact, AppRecord, BuildInfo, HardwareInfo, OtaArtifact, PowerState
+from agent.platforms.base import file_of
 from agent.platforms.facts_file import override_build, override_hardware
 from agent.runtime.files import write_atomic
 
@@ -159,13 +160,10 @@ class LinuxPlatform:
             self._scanner = InventoryScanner(self.apk_dir, self.state_dir / CACHE_FILE)
         return (await self._scanner.scan()).apps
 
-    async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
+    async def install_app(self, apk: ApkArtifact, *, grant_all: bool = False) -> None:
         if self.apk_dir is None:
             raise PlatformError("cannot install apps: no --apk-dir")
-        from midm_common.apk import read_apk_metadata
-
-        meta = await asyncio.to_thread(read_apk_metadata, apk)
-        await asyncio.to_thread(self._copy_in, apk, meta.package_name)
+        await asyncio.to_thread(self._copy_in, file_of(apk), apk.metadata.package_name)
 
     def _copy_in(self, apk: Path, package: str) -> None:
         assert self.apk_dir is not None
@@ -194,10 +192,8 @@ class LinuxPlatform:
         current.update(settings)
         await asyncio.to_thread(write_atomic, path, json.dumps(current, indent=2).encode())
 
-    async def apply_ota(self, package: Path, *, ab_update: bool) -> None:
-        from midm_common.ota import read_ota_metadata
-
-        meta = await asyncio.to_thread(read_ota_metadata, package)
+    async def apply_ota(self, image: OtaArtifact, *, ab_update: bool) -> None:
+        package, meta = file_of(image), image.metadata
         target = "b" if self._active_slot() == "a" else "a"
         folder = self.slots / target
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,17 @@
 """The simulated platform: an in-memory device the simulator (and tests) drive.
 
-No filesystem, no subprocess, no androguard: thousands of these live in one process.
+No filesystem, no subprocess, no androguard: thousands of these live in one process. Installs
+take artifacts whose metadata the agent read once per content (agent.runtime.artifacts); the
+platform never parses a package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from agent.platforms.base import AppRecord, BuildInfo, HardwareInfo, PowerState
+from agent.models import ApkArtifact, AppRecord, BuildInfo, HardwareInfo, OtaArtifact, PowerState
 
 
 class SimulatedPlatform:
@@ -32,7 +33,7 @@ class SimulatedPlatform:
         self.ac, self.battery, self.network_type = ac, battery, network
         self.is_sleeping = False
         self.settings: dict[str, Any] = {}
-        self.staged_ota: Path | None = None
+        self.staged_ota: OtaArtifact | None = None
         self.staged_build: tuple[str, int | None] | None = None
         self.reboots = 0
         self.consents = True
@@ -63,10 +64,8 @@ class SimulatedPlatform:
     async def installed_apps(self) -> list[AppRecord]:
         return list(self.apps.values())
 
-    async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
-        from midm_common.apk import read_apk_metadata  # lazy: only when an app is installed
-
-        meta = read_apk_metadata(apk)
+    async def install_app(self, apk: ApkArtifact, *, grant_all: bool = False) -> None:
+        meta = apk.metadata
         self.apps[meta.package_name] = AppRecord(
             package_name=meta.package_name,
             version_code=meta.version_code,
@@ -83,12 +82,9 @@ class SimulatedPlatform:
     async def apply_settings(self, settings: dict[str, Any]) -> None:
         self.settings.update(settings)
 
-    async def apply_ota(self, package: Path, *, ab_update: bool) -> None:
-        from midm_common.ota import read_ota_metadata  # zipfile only, no androguard
-
-        meta = read_ota_metadata(package)
-        self.staged_ota = package
-        self.staged_build = (meta.post_build, meta.post_timestamp)
+    async def apply_ota(self, image: OtaArtifact, *, ab_update: bool) -> None:
+        self.staged_ota = image
+        self.staged_build = (image.metadata.post_build, image.metadata.post_timestamp)
 
     async def wake(self) -> None:
         self.is_sleeping = False

@@ -29,7 +29,7 @@ from agent import protocol
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.core.backoff import next_delay, with_jitter
-from agent.core.checkin import checkin_body, inventory_hash
+from agent.core.checkin import inventory_hash
 from agent.core.enrollment import AdminLogin, drive, enrollment
 from agent.errors import (
     AdminLoginRefused,
@@ -41,8 +41,11 @@ from agent.errors import (
     TransportError,
     Unauthorized,
 )
-from agent.platforms.base import AppRecord, Platform, gather_facts
+from agent.models import AppRecord, ProfileEvent
+from agent.platforms.base import Platform, gather_facts
 from agent.protocol import CheckinReply, Credentials, Request, Response
+from agent.runtime.artifacts import DOWNLOADS, ArtifactStore, DeviceArtifacts, FileArtifacts
+from agent.runtime.downloads import StreamingTransport
 from agent.runtime.outbox import Outbox
 from agent.runtime.profiles import ProfileRunner
 from agent.runtime.state import AgentState, StateStore
@@ -54,7 +57,8 @@ RECHECK_S = 15.0
 MAX_STEPS = 8  # image steps (a partial chain) applied in one cycle at most
 
 
-def _first(group: BaseExceptionGroup[AgentError]) -> AgentError:
+def _first_leaf(group: BaseExceptionGroup[AgentError]) -> AgentError:
+    """The first error the group holds, however deeply nested (the one run() ends with)."""
     leaf: BaseException = group
     while isinstance(leaf, BaseExceptionGroup):
         leaf = leaf.exceptions[0]
@@ -93,7 +97,11 @@ class Agent:
         state_store: StateStore,
         outbox: Outbox,
         rng: random.Random | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
+        """`artifacts`: the content store a fleet shares (downloads are streamed and hashed,
+        each content kept and parsed once); without one, downloads are files in the state
+        dir (a rig)."""
         self.config = config
         self.platform = platform
         self.transport = transport
@@ -115,7 +123,16 @@ class Agent:
         self._apps: list[AppRecord] | None = None
         self.scan_wait_s: float | None = 5.0  # None: wait for the scan (run --once)
         self.scan_error: PlatformError | None = None  # the last scan failed: its error
-        self.profiles = ProfileRunner(self)
+        self.profiles = ProfileRunner(
+            platform=platform,
+            clock=clock,
+            call=self.send_as_device,
+            emit=self._queue_profile_event,
+            state=self.state,
+            save=self._save_state,
+            commit=self._commit,
+            artifacts=self._artifacts(artifacts),
+        )
         if hasattr(platform, "on_change"):  # platforms that announce changes (AC, sleep)
             platform.on_change = self._nudge.set
 
@@ -133,7 +150,9 @@ class Agent:
             if self.config.admin_email
             else None
         )
-        flow = enrollment(self.creds(), hardware.serial_no, hardware.to_json(), admin)
+        flow = enrollment(
+            self.creds(), hardware.serial_no, protocol.hardware_to_wire(hardware), admin
+        )
         sent: list[str] = []
 
         async def send(request: Request) -> Response:
@@ -169,18 +188,19 @@ class Agent:
             saved_by_agent=admin is not None,
         )
 
-    async def call(self, build: Callable[[Credentials], Request], what: str) -> Any:
-        """A device call; a rejected token (40100) registers again once and retries."""
+    async def send_as_device(self, request_for: Callable[[Credentials], Request], name: str) -> Any:
+        """Send the request `request_for(credentials)` with the device's credentials and return
+        the answer's data; a rejected token (40100) registers again once and resends."""
         await self.ensure_enrolled()
         try:
-            return protocol.decode(await self.transport.send(build(self.creds())), what)
+            return protocol.decode(await self.transport.send(request_for(self.creds())), name)
         except Unauthorized:
-            log.warning("agent.token_rejected", device=self.state.device_uuid, call=what)
+            log.warning("agent.token_rejected", device=self.state.device_uuid, call=name)
             self.state.token = ""
             self._enrolled.clear()
             self.state_store.save(self.state)
             await self.ensure_enrolled()
-            return protocol.decode(await self.transport.send(build(self.creds())), what)
+            return protocol.decode(await self.transport.send(request_for(self.creds())), name)
 
     # -- one cycle ----------------------------------------------------------------------------
 
@@ -189,10 +209,10 @@ class Agent:
         facts = await gather_facts(self.platform)
         apps = await self._inventory()
         current = inventory_hash(apps) if apps is not None else None
-        body = checkin_body(facts, rtc_enabled=self.push_connected, inventory=current)
+        body = protocol.checkin_body(facts, rtc_enabled=self.push_connected, inventory_hash=current)
         started = self.clock.monotonic()
         reply = protocol.parse_checkin_reply(
-            await self.call(lambda creds: protocol.checkin(creds, body), "checkin")
+            await self.send_as_device(lambda creds: protocol.checkin(creds, body), "checkin")
         )
         self._checkins += 1
         if not self.push_connected:
@@ -202,9 +222,7 @@ class Agent:
             and current is not None
             and (reply.inventory_wanted or current != self.state.reported_inventory_hash)
         ):
-            self.outbox.put_inventory(
-                {"category": "all", "apps": [a.to_json() for a in apps], "inventoryHash": current}
-            )
+            self.outbox.put_inventory(protocol.inventory_report(apps, current))
         self.state.last_checkin = self.clock.now_ms()
         self.state.last_checkin_error = ""
         self.state.next_checkin_s = reply.next_checkin_s
@@ -240,6 +258,23 @@ class Agent:
                 log.warning("inventory.scan_failed", device=self.state.serial, error=str(exc))
         return self._apps
 
+    def _artifacts(self, shared: ArtifactStore | None) -> DeviceArtifacts:
+        if shared is None:
+            return FileArtifacts(self.config.state_dir / DOWNLOADS, self.transport, self.creds)
+        if not isinstance(self.transport, StreamingTransport):
+            raise TypeError("a shared ArtifactStore needs a transport with download_to()")
+        return shared.device(self.transport, self.creds)
+
+    def _queue_profile_event(self, event: ProfileEvent) -> None:
+        self.queue_event(protocol.event_to_wire(event))
+
+    def _save_state(self) -> None:
+        self.state_store.save(self.state)
+
+    async def _commit(self) -> None:
+        """What was saved and queued is durable now (before the device changes)."""
+        self.state_store.save(self.state)
+
     def queue_event(self, event: dict[str, Any]) -> str:
         """Write an event to the outbox (sent by the next flush); returns its id."""
         event = dict(event)
@@ -252,13 +287,11 @@ class Agent:
             body = item.body
 
             def put(creds: Credentials, body: dict[str, Any] = body) -> Request:
-                return protocol.put_apps(
-                    creds, body["category"], body["apps"], body["inventoryHash"]
-                )
+                return protocol.put_apps(creds, body)
 
-            await self.call(put, "apps")
+            await self.send_as_device(put, "apps")
             self.outbox.ack([item])
-            self.state.reported_inventory_hash = str(body["inventoryHash"])
+            self.state.reported_inventory_hash = protocol.inventory_hash_of(body)
             self.state_store.save(self.state)
         while batch := self.outbox.pending("event", limit=EVENT_BATCH):
             events = [item.body for item in batch]
@@ -266,7 +299,7 @@ class Agent:
             def send(creds: Credentials, events: list[dict[str, Any]] = events) -> Request:
                 return protocol.events(creds, events)
 
-            await self.call(send, "events")
+            await self.send_as_device(send, "events")
             self.outbox.ack(batch)
             self._events_sent += len(batch)
 
@@ -304,7 +337,7 @@ class Agent:
         except* StopRequested:
             pass
         except* AgentError as group:  # e.g. the state dir became unwritable: end with its message
-            raise _first(group) from None
+            raise _first_leaf(group) from None
         if self._scan is not None:
             self._scan.cancel()
             await asyncio.gather(self._scan, return_exceptions=True)

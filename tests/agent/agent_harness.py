@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.clock import Clock, FakeClock, SystemClock
 from agent.config import AgentConfig
-from agent.platforms.base import BuildInfo, HardwareInfo
+from agent.models import ApkArtifact, BuildInfo, HardwareInfo, OtaArtifact
 from agent.platforms.simulated import SimulatedPlatform
 from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
@@ -113,7 +113,7 @@ class RecordingPlatform(SimulatedPlatform):
         for observer in list(self.observers):
             observer()
 
-    async def install_app(self, apk: Path, *, grant_all: bool = False) -> None:
+    async def install_app(self, apk: ApkArtifact, *, grant_all: bool = False) -> None:
         await super().install_app(apk, grant_all=grant_all)
         self._changed()
 
@@ -125,8 +125,8 @@ class RecordingPlatform(SimulatedPlatform):
         await super().apply_settings(settings)
         self._changed()
 
-    async def apply_ota(self, package: Path, *, ab_update: bool) -> None:
-        await super().apply_ota(package, ab_update=ab_update)
+    async def apply_ota(self, image: OtaArtifact, *, ab_update: bool) -> None:
+        await super().apply_ota(image, ab_update=ab_update)
         self._changed()
 
     async def wake(self) -> None:

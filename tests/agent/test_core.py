@@ -10,10 +10,10 @@ import pytest
 
 from agent import protocol
 from agent.core.backoff import next_delay, with_jitter
-from agent.core.checkin import checkin_body, inventory_hash
+from agent.core.checkin import inventory_hash
 from agent.core.enrollment import AdminLogin, enrollment
 from agent.errors import ApiError, NotFound, ProtocolError, RateLimited, Unauthorized
-from agent.platforms.base import AppRecord, BuildInfo, DeviceFacts, HardwareInfo, PowerState
+from agent.models import AppRecord, BuildInfo, DeviceFacts, HardwareInfo, PowerState
 from agent.protocol import Credentials, Response
 
 CREDS = Credentials(api_key="k")
@@ -164,7 +164,7 @@ def test_checkin_body_and_inventory_hash() -> None:
         network="wifi",
         sleeping=True,
     )
-    body = checkin_body(facts, rtc_enabled=True, inventory="h")
+    body = protocol.checkin_body(facts, rtc_enabled=True, inventory_hash="h")
     assert body["states"] == {"clientVersion": 1, "rtcEnabled": True, "state": "sleeping"}
     assert body["activity"] == "sleeping" and body["power"] == {"ac": False, "battery": 40}
     assert body["build"]["fingerprint"] == "f" and body["inventoryHash"] == "h"

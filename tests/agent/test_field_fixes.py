@@ -20,6 +20,7 @@ from agent.config import AgentConfig
 from agent.platforms.base import Platform, gather_facts
 from agent.platforms.linux import LinuxPlatform
 from agent.runtime.agent import Agent
+from agent.runtime.artifacts import ota_artifact
 from agent.runtime.outbox import Outbox
 from agent.runtime.state import StateStore
 from tests.agent.agent_harness import RecordingPlatform, RecordingTransport, make_agent, running
@@ -124,7 +125,7 @@ async def test_rollback_returns_to_the_facts_build(tmp_path: Path) -> None:
     package.write_bytes(
         ota_zip({"ota-type": "AB", "post-build": FP2, "post-timestamp": "1800000000"})
     )
-    await platform.apply_ota(package, ab_update=True)
+    await platform.apply_ota(ota_artifact(package), ab_update=True)
     assert (await platform.build()).fingerprint == FP1  # staged, not running yet
     await platform.reboot()
     switched = await platform.build()

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from agent import protocol
 from agent.errors import PlatformError
+from agent.models import BuildInfo, DeviceFacts, HardwareInfo
 from agent.platforms.android_adb import AndroidPlatform, parse_packages
-from agent.platforms.base import BuildInfo, DeviceFacts, HardwareInfo, Platform, gather_facts
+from agent.platforms.base import Platform, gather_facts
 from agent.platforms.linux import LinuxPlatform
 from agent.platforms.simulated import SimulatedPlatform
+from agent.runtime.artifacts import apk_artifact, ota_artifact
 from tests.helpers import APKS, FIXTURES, ota_zip
 
 
@@ -96,14 +99,14 @@ async def test_linux_apps_and_slots(tmp_path: Path) -> None:
     platform = linux(root, apk_dir=apk_dir)
     apps = await platform.installed_apps()
     assert [(a.package_name, a.version_code) for a in apps] == [("com.example.basic", 1)]
-    await platform.install_app(APKS / "maxsdk.apk")
+    await platform.install_app(apk_artifact(APKS / "maxsdk.apk"))
     await platform.uninstall_app("com.example.basic")
     assert [a.package_name for a in await platform.installed_apps()] == ["com.example.maxsdk"]
     package = tmp_path / "ota.zip"
     package.write_bytes(
         ota_zip({"ota-type": "AB", "post-build": "debian/13", "post-timestamp": "9"})
     )
-    await platform.apply_ota(package, ab_update=True)
+    await platform.apply_ota(ota_artifact(package), ab_update=True)
     assert (await platform.build()).slot == "_a"
     await platform.reboot()
     build = await platform.build()
@@ -154,7 +157,7 @@ async def test_linux_never_installs_into_a_missing_apk_dir(tmp_path: Path) -> No
     with pytest.raises(
         PlatformError, match=r"--apk-dir .*apks: cannot install there \(not found\)"
     ):
-        await platform.install_app(APKS / "maxsdk.apk")
+        await platform.install_app(apk_artifact(APKS / "maxsdk.apk"))
     assert not apk_dir.exists()
 
 
@@ -174,7 +177,7 @@ async def test_android_facts_only_fill_the_build(fake_adb: Path) -> None:
 async def test_android_install_and_errors(fake_adb: Path) -> None:
     """Install pushes then pm install -r -g; an unknown command is a PlatformError naming it."""
     platform = android()
-    await platform.install_app(APKS / "basic-v1.apk", grant_all=True)
+    await platform.install_app(apk_artifact(APKS / "basic-v1.apk"), grant_all=True)
     calls = fake_adb.read_text().splitlines()
     assert (
         calls[-2].startswith("push ")
@@ -204,7 +207,7 @@ async def test_conformance(tmp_path: Path, fake_adb: Path) -> None:
     for platform in await platforms(tmp_path):
         facts = await gather_facts(platform)
         assert isinstance(facts, DeviceFacts) and facts.hardware.serial_no
-        wire = json.loads(json.dumps(facts.to_json()))
+        wire = json.loads(json.dumps(protocol.facts_to_wire(facts)))
         assert set(wire["build"]) >= {"fingerprint", "buildDate", "abUpdate", "deviceId"}
         assert isinstance(wire["power"]["ac"], bool)
         assert isinstance(await platform.installed_apps(), list)

@@ -1,0 +1,333 @@
+"""The artifacts seam: a download checked against its sha256, its metadata parsed once per content
+(not once per agent), simulated agents streaming the bytes into a hashing sink, and platforms
+that never parse a package they are given."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent.clock import FakeClock
+from agent.config import AgentConfig
+from agent.errors import ApkError
+from agent.models import ApkArtifact, BuildInfo, HardwareInfo, OtaArtifact
+from agent.platforms.simulated import SimulatedPlatform
+from agent.protocol import Credentials, Request, Response
+from agent.runtime.agent import Agent
+from agent.runtime.artifacts import (
+    ArtifactStore,
+    HashingSink,
+    MetadataCache,
+    Sink,
+    apk_artifact,
+    ota_artifact,
+)
+from agent.runtime.downloads import DownloadError, fetch
+from agent.runtime.outbox import Outbox
+from agent.runtime.state import StateStore
+from agent.transport.base import Download
+from agent.transport.mock import MockTransport
+from midm_common.apk import ApkMetadata
+from tests.agent.agent_harness import RecordingTransport, sim_platform
+from tests.helpers import APKS, Client, Server, ota_zip
+
+CREDS = Credentials(api_key="k", device_token="t")
+FP1 = "acme/sim/sim:14/A/1:user/release-keys"
+FP2 = "acme/sim/sim:14/A/2:user/release-keys"
+
+
+class StreamingMock(MockTransport):
+    """MockTransport with `download_to` (the sink side of a download)."""
+
+    async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
+        request_headers = dict(headers)
+        if sink.size:
+            request_headers["Range"] = f"bytes={sink.size}-"
+        answer = await self.send(
+            Request(method="GET", path=path, headers=request_headers, name="download")
+        )
+        if answer.status == 200:
+            sink.truncate()
+        if answer.status in (200, 206):
+            sink.write(answer.body)
+        return Download(status=answer.status, headers=answer.headers)
+
+
+def serving(files: dict[str, bytes]) -> tuple[StreamingMock, list[str]]:
+    """A transport whose server holds `files` (by fileUuid) and counts each file's downloads."""
+    pulled: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        file_uuid = request.path.rsplit("/", 1)[-1]
+        pulled.append(file_uuid)
+        body = files[file_uuid]
+        return Response(
+            status=200,
+            body=body,
+            headers={"X-Checksum-SHA256": hashlib.sha256(body).hexdigest()},
+        )
+
+    return StreamingMock(handler), pulled
+
+
+async def test_concurrent_asks_for_one_content_wait_for_one_parse() -> None:
+    """Ten agents asking for the same content at once: parsed once, the same metadata to all."""
+    cache = MetadataCache()
+    path = APKS / "basic-v1.apk"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    results = await asyncio.gather(*(cache.apk(digest, path) for _ in range(10)))
+    assert {r.package_name for r in results} == {"com.example.basic"}
+    assert cache.statistics().parsed == 1 and cache.statistics().reused == 9
+    again = await cache.apk(digest, Path("/nowhere"))  # known content: the file is not read
+    assert again == results[0] and cache.statistics().parsed == 1
+
+
+async def test_a_bad_content_fails_once_an_unreadable_file_is_retried(tmp_path: Path) -> None:
+    """The same bytes fail the same way (kept, not parsed again); a missing file is the file's
+    problem, so the next ask parses."""
+    cache = MetadataCache()
+    bad = APKS / "corrupt-truncated.apk"
+    digest = hashlib.sha256(bad.read_bytes()).hexdigest()
+    for _ in range(2):
+        with pytest.raises(ApkError) as caught:
+            await cache.apk(digest, bad)
+        assert caught.value.reason == "bad_zip"
+    assert cache.statistics().parsed == 1
+    with pytest.raises(ApkError, match="cannot read"):
+        await cache.apk("0" * 64, tmp_path / "missing.apk")
+    good = APKS / "basic-v1.apk"
+    assert (await cache.apk("0" * 64, good)).package_name == "com.example.basic"
+    assert cache.statistics().parsed == 3
+
+
+async def test_a_cancelled_parse_leaves_the_waiters_to_parse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first asker is cancelled mid-parse: a caller waiting for it parses itself."""
+    release = threading.Event()
+    started = threading.Event()
+    calls: list[Path] = []
+    meta = apk_artifact(APKS / "basic-v1.apk").metadata
+
+    def slow(path: Path) -> ApkMetadata:
+        calls.append(path)
+        started.set()
+        release.wait(30)
+        return meta
+
+    monkeypatch.setattr("agent.runtime.artifacts.read_apk_metadata", slow)
+    cache = MetadataCache()
+    first = asyncio.ensure_future(cache.apk("a" * 64, Path("first")))
+    await asyncio.to_thread(started.wait, 30)
+    second = asyncio.ensure_future(cache.apk("a" * 64, Path("second")))
+    await asyncio.sleep(0)  # let `second` start waiting for `first`
+    first.cancel()
+    release.set()
+    assert (await second).package_name == "com.example.basic"
+    assert first.cancelled() and calls == [Path("first"), Path("second")]
+
+
+async def test_fleet_agents_stream_and_the_store_keeps_one_copy(tmp_path: Path) -> None:
+    """Five simulated devices fetch one APK at once: each pulls the bytes (five downloads on
+    the server), none keeps a file, the store holds one copy, parsed once."""
+    content = (APKS / "basic-v1.apk").read_bytes()
+    transport, pulled = serving({"F1": content})
+    store = ArtifactStore(tmp_path / "store")
+    devices = [store.device(transport, lambda: CREDS) for _ in range(5)]
+    artifacts = await asyncio.gather(*(d.app("F1") for d in devices))
+    assert pulled == ["F1"] * 5
+    assert {a.sha256 for a in artifacts} == {hashlib.sha256(content).hexdigest()}
+    assert all(a.path is None and a.metadata.package_name == "com.example.basic" for a in artifacts)
+    assert all(d.downloaded() == {"F1"} for d in devices)
+    stats = store.statistics()
+    assert (stats.parsed, stats.contents) == (1, 1)
+    kept = [p.name for p in (tmp_path / "store").iterdir() if p.is_file()]
+    assert kept == [artifacts[0].sha256]
+    later = await store.device(transport, lambda: CREDS).app("F1")  # known: only hashed
+    assert later.metadata == artifacts[0].metadata and len(pulled) == 6
+    assert store.statistics().parsed == 1
+
+
+async def test_a_changed_file_is_stored_again(tmp_path: Path) -> None:
+    """The server's file changes content: the next agent keeps and parses the new content."""
+    files = {"F1": (APKS / "basic-v1.apk").read_bytes()}
+    transport, _ = serving(files)
+    store = ArtifactStore(tmp_path / "store")
+    first = await store.device(transport, lambda: CREDS).app("F1")
+    files["F1"] = (APKS / "maxsdk.apk").read_bytes()
+    second = await store.device(transport, lambda: CREDS).app("F1")
+    assert (first.metadata.package_name, second.metadata.package_name) == (
+        "com.example.basic",
+        "com.example.maxsdk",
+    )
+    assert store.statistics().contents == 2
+
+
+async def test_a_tampered_stream_is_refused(tmp_path: Path) -> None:
+    """Bytes streamed into a sink that do not match the server's sha256: DownloadError."""
+
+    async def handler(request: Request) -> Response:
+        return Response(status=200, body=b"tampered", headers={"X-Checksum-SHA256": "0" * 64})
+
+    with pytest.raises(DownloadError, match="sha256"):
+        await fetch(StreamingMock(handler), CREDS, "F1", HashingSink())
+    store = ArtifactStore(tmp_path / "store")
+    for _ in range(2):  # the first agent (a file) and a later one (a sink) alike
+        with pytest.raises(DownloadError, match="sha256"):
+            await store.device(StreamingMock(handler), lambda: CREDS).app("F1")
+    assert store.statistics().contents == 0
+
+
+async def test_a_transport_without_download_to_cannot_stream() -> None:
+    """Streaming needs the transport's download_to; the file-based path does not."""
+
+    class FilesOnly:
+        async def send(self, request: Request) -> Response:
+            raise AssertionError("not sent")
+
+    with pytest.raises(TypeError, match="cannot stream"):
+        await fetch(FilesOnly(), CREDS, "F1", HashingSink())  # type: ignore[arg-type]
+
+
+async def test_the_simulated_platform_never_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """install_app and apply_ota use the metadata they are given: no file, no parser."""
+
+    def refuse(path: Path) -> None:
+        raise AssertionError(f"parsed {path}")
+
+    monkeypatch.setattr("midm_common.apk.read_apk_metadata", refuse)
+    monkeypatch.setattr("midm_common.ota.read_ota_metadata", refuse)
+    apk = apk_artifact(APKS / "basic-v1.apk")
+    platform = SimulatedPlatform(HardwareInfo(serial_no="S1"), BuildInfo(fingerprint=FP1))
+    await platform.install_app(
+        ApkArtifact(sha256=apk.sha256, size=apk.size, metadata=apk.metadata), grant_all=True
+    )
+    assert platform.apps["com.example.basic"].version_code == 1
+    assert platform.granted["com.example.basic"]
+
+
+async def test_platforms_installing_from_a_file_name_a_hashed_only_artifact(
+    tmp_path: Path,
+) -> None:
+    """A platform that needs the file refuses an artifact without one (a PlatformError)."""
+    from agent.errors import PlatformError
+    from agent.platforms.linux import LinuxPlatform
+
+    package = tmp_path / "ota.zip"
+    package.write_bytes(ota_zip({"ota-type": "AB", "post-build": FP2, "post-timestamp": "9"}))
+    image = ota_artifact(package)
+    platform = LinuxPlatform(state_dir=tmp_path / "state", apk_dir=tmp_path)
+    hashed = OtaArtifact(sha256=image.sha256, size=image.size, metadata=image.metadata)
+    with pytest.raises(PlatformError, match="only hashed"):
+        await platform.apply_ota(hashed, ab_update=True)
+
+
+# -- end to end: a fleet's agents against the server ------------------------------------------
+
+
+class StreamingTransport(RecordingTransport):
+    """The real transport, with a stand-in `download_to` over its own aiohttp session; names
+    every download, into a file or a sink."""
+
+    async def download(
+        self, path: str, headers: Mapping[str, str], target: Path, offset: int
+    ) -> Download:
+        self.names.append("download")
+        return await super().download(path, headers, target, offset)
+
+    async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
+        request_headers = dict(headers)
+        if sink.size:
+            request_headers["Range"] = f"bytes={sink.size}-"
+        self.names.append("download")
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(self.base_url + path, headers=request_headers) as answer,
+            ):
+                if answer.status == 200:
+                    sink.truncate()
+                if answer.status in (200, 206):
+                    async for chunk in answer.content.iter_chunked(64 * 1024):
+                        sink.write(chunk)
+                else:
+                    await answer.read()
+                return Download(status=answer.status, headers=dict(answer.headers))
+        finally:
+            self.changes.notify()
+
+
+def fleet_agent(server: Server, tmp_path: Path, serial: str, store: ArtifactStore) -> Agent:
+    """A simulated device of a fleet: the shared store, a transport that can stream."""
+    config = AgentConfig(
+        server=server.base,
+        api_key="key-alpha",
+        state_dir=tmp_path / serial,
+        platform="simulated",
+        admin_email="admin@alpha.test",
+        admin_password="pw-alpha",
+        request_timeout_s=30.0,
+    )
+    return Agent(
+        config=config,
+        platform=sim_platform(serial),
+        transport=StreamingTransport(server.base, timeout_s=30.0),
+        clock=FakeClock(),
+        state_store=StateStore(config.state_dir),
+        outbox=Outbox(config.state_dir / "outbox"),
+        rng=random.Random(7),
+        artifacts=store,
+    )
+
+
+async def test_a_fleet_applies_an_app_and_an_image_parsing_each_once(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """Three simulated agents sharing a store install an app and an image: the server serves
+    every download (3 per file), the store parses each content once, no agent keeps a file."""
+    app = (await admin.upload_apk("basic-v1.apk")).data["fileUuid"]
+    meta = {
+        "ota-type": "AB",
+        "pre-device": "sim",
+        "post-build": FP2,
+        "post-timestamp": "1800000000",
+    }
+    reply = await admin.upload("/ota/api/ota/upload", ota_zip(meta, payload=b"x" * 50), "fp2.zip")
+    image = reply.data["fileUuid"]
+    serials = ["S1", "S2", "S3"]
+    saved = await admin.post(
+        "/ota/api/profile/save",
+        {
+            "scope": {"device": serials},
+            "apps": {"install": [{"uuid": app}]},
+            "otas": [image],
+            "profile": {"applyOrder": "apps"},
+        },
+    )
+    assert saved.status == 200, saved.body
+    store = ArtifactStore(tmp_path / "store")
+    agents = [fleet_agent(server, tmp_path, s, store) for s in serials]
+    await asyncio.gather(*(a.run_once() for a in agents))
+    for agent in agents:
+        platform = agent.platform
+        assert isinstance(platform, SimulatedPlatform)
+        assert platform.apps["com.example.basic"].version_code == 1
+        assert (await platform.build()).fingerprint == FP2
+        assert platform.staged_ota is not None and platform.staged_ota.path is None
+        assert not (agent.config.state_dir / "downloads").exists()
+    stats = store.statistics()
+    assert (stats.parsed, stats.contents) == (2, 2)
+    transports = [a.transport for a in agents]
+    assert all(t.names.count("download") == 2 for t in transports)  # type: ignore[attr-defined]
+    rows = server.sql("SELECT kind, status FROM events WHERE kind = 'profile'")
+    assert [tuple(r) for r in rows] == [("profile", "applied")] * 3
+    report = json.loads(server.sql("SELECT report FROM devices WHERE serial_no = 'S2'")[0][0])
+    assert report["build"]["fingerprint"] == FP2
