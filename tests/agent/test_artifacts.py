@@ -16,7 +16,6 @@ import aiohttp
 import pytest
 
 from agent.clock import FakeClock
-from agent.config import AgentConfig
 from agent.errors import ApkError
 from agent.models import ApkArtifact, BuildInfo, HardwareInfo, OtaArtifact
 from agent.platforms.simulated import SimulatedPlatform
@@ -31,12 +30,10 @@ from agent.runtime.artifacts import (
     ota_artifact,
 )
 from agent.runtime.downloads import DownloadError, fetch
-from agent.runtime.outbox import Outbox
-from agent.runtime.state import StateStore
 from agent.transport.base import Download
 from agent.transport.mock import MockTransport
 from midm_common.apk import ApkMetadata
-from tests.agent.agent_harness import RecordingTransport, sim_platform
+from tests.agent.agent_harness import RecordingTransport, make_agent, sim_platform
 from tests.helpers import APKS, Client, Server, ota_zip
 
 CREDS = Credentials(api_key="k", device_token="t")
@@ -266,23 +263,22 @@ class StreamingTransport(RecordingTransport):
 
 
 def fleet_agent(server: Server, tmp_path: Path, serial: str, store: ArtifactStore) -> Agent:
-    """A simulated device of a fleet: the shared store, a transport that can stream."""
-    config = AgentConfig(
-        server=server.base,
-        api_key="key-alpha",
-        state_dir=tmp_path / serial,
-        platform="simulated",
-        admin_email="admin@alpha.test",
-        admin_password="pw-alpha",
-        request_timeout_s=30.0,
+    """A simulated device of a fleet: the harness's agent with the shared store and a transport
+    that can stream."""
+    harnessed, _ = make_agent(
+        server.base,
+        tmp_path / serial,
+        serial=serial,
+        clock=FakeClock(),
+        platform=sim_platform(serial),
     )
     return Agent(
-        config=config,
-        platform=sim_platform(serial),
+        config=harnessed.config,
+        platform=harnessed.platform,
         transport=StreamingTransport(server.base, timeout_s=30.0),
-        clock=FakeClock(),
-        state_store=StateStore(config.state_dir),
-        outbox=Outbox(config.state_dir / "outbox"),
+        clock=harnessed.clock,
+        state_store=harnessed.state_store,
+        outbox=harnessed.outbox,
         rng=random.Random(7),
         artifacts=store,
     )
