@@ -179,6 +179,8 @@ class DeviceArtifacts(Protocol):
 class FileArtifacts:
     """A rig's downloads: resumable files in `folder`, metadata from `cache`."""
 
+    __slots__ = ("cache", "creds", "folder", "transport")
+
     def __init__(
         self,
         folder: Path,

@@ -66,6 +66,21 @@ class ProgressState(Protocol):
 
 
 class ProfileRunner:
+    __slots__ = (
+        "_reported_deferrals",
+        "artifacts",
+        "call",
+        "checkin_needed",
+        "clock",
+        "commit",
+        "deferrals",
+        "emit",
+        "platform",
+        "profiles",
+        "save",
+        "state",
+    )
+
     def __init__(
         self,
         *,
