@@ -2,7 +2,8 @@
 
 A user adapting the agent to another MiDM deployment edits this file only. Requests are plain
 values; `decode()` turns a response into its `data`, or raises: ApiError (an error envelope,
-with Retry-After), ProtocolError (not JSON, not the envelope, an HTML error page).
+with Retry-After), ProtocolError (not JSON, not the envelope, an HTML error page). Every
+transport sends `encode_body()`'s bytes and reads push messages with `decode_push()`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Request:
     params: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     name: str = ""  # for logs and statistics: "checkin", "register", ...
+    # When the agent meant to send it (its clock's monotonic()); None: whenever it is sent.
+    # The transport's observer compares it with the actual start (a late scheduler shows).
+    intended: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +147,35 @@ def ota_next(creds: Credentials, profile: str) -> Request:
         params={"profileUuid": profile},
         headers=device_headers(creds),
     )
+
+
+CONTENT_TYPE = "Content-Type"
+JSON_TYPE = "application/json"
+
+
+def encode_body(request: Request) -> bytes | None:
+    """The bytes every transport sends for the request's body (compact JSON), or None."""
+    if request.body is None:
+        return None
+    return json.dumps(request.body, separators=(",", ":")).encode()
+
+
+def wire_headers(request: Request, body: bytes | None) -> dict[str, str]:
+    """The request's headers as sent: with the JSON Content-Type when there is a body."""
+    headers = dict(request.headers)
+    if body is not None:
+        headers[CONTENT_TYPE] = JSON_TYPE
+    return headers
+
+
+def decode_push(data: str | bytes) -> dict[str, Any] | None:
+    """A push message (a JSON object such as {"type": "sync"}); None for anything else, which
+    the agent ignores."""
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -294,6 +327,7 @@ FILE = "/ota/api/file/{}"
 CHECKSUM_HEADER = "X-Checksum-SHA256"
 ETAG_HEADER = "ETag"
 IF_RANGE_HEADER = "If-Range"
+RANGE_HEADER = "Range"
 
 
 def file_path(file_uuid: str) -> str:
@@ -306,6 +340,14 @@ def download_headers(creds: Credentials, *, if_range: str | None = None) -> dict
     if if_range:
         headers[IF_RANGE_HEADER] = if_range
     return headers
+
+
+def resume_from(headers: Mapping[str, str], offset: int) -> dict[str, str]:
+    """`headers`, asking for the bytes from `offset` on when it is > 0 (the rest of a file)."""
+    ranged = dict(headers)
+    if offset > 0:
+        ranged[RANGE_HEADER] = f"bytes={offset}-"
+    return ranged
 
 
 def expected_sha256(headers: Mapping[str, str]) -> str:

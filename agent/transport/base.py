@@ -1,4 +1,10 @@
-"""The Transport protocol, and the observer that measures every request (no-op on a rig)."""
+"""The Transport protocol, and the observer that measures every exchange (no-op on a rig).
+
+Every transport times an exchange on the agent's Clock and hands the observer one `Exchange`:
+when the agent meant to send (`intended`), when it did (`started`), how long the answer took, and
+how it ended. `started - intended` is the agent's own lateness (a busy loop, a late timer), which
+a load generator must count against the server's latency rather than hide (coordinated omission).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.clock import Clock
 from agent.protocol import Request, Response
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exchange:
+    """One request, download or push handshake, as the observer hears it (Clock seconds)."""
+
+    name: str  # the Request's name ("checkin", ...), "download" or "push"
+    intended: float  # when the agent meant to send it; = started when it had no plan
+    started: float
+    duration: float
+    status: int  # the HTTP status; 0 when no answer arrived
+    error: str | None  # None, "timeout", or the name of the exception that ended it
+
+    @property
+    def lateness(self) -> float:
+        """How long after the intended time the exchange began."""
+        return self.started - self.intended
+
+
 class Observer(Protocol):
-    def __call__(
-        self, name: str, started: float, duration: float, status: int, error: str | None
-    ) -> None: ...
+    def __call__(self, exchange: Exchange, /) -> None: ...
 
 
-def no_observer(name: str, started: float, duration: float, status: int, error: str | None) -> None:
+def no_observer(exchange: Exchange, /) -> None:
     return None
 
 
@@ -31,6 +53,21 @@ class Download:
 
     status: int
     headers: Mapping[str, str]
+
+
+class Sink(Protocol):
+    """Where a streamed download goes (a simulated device hashes it instead of keeping it)."""
+
+    @property
+    def size(self) -> int:
+        """Bytes held: a download into a sink that holds some asks for the rest."""
+        ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def truncate(self) -> None:
+        """Forget what was written (the server sends the whole file again)."""
+        ...
 
 
 class Transport(Protocol):
@@ -50,3 +87,26 @@ class Transport(Protocol):
     ) -> AbstractAsyncContextManager[PushChannel]:
         """Open the WebSocket; raise TransportError (PushClosed when it closes)."""
         ...
+
+
+def report(
+    observer: Observer,
+    clock: Clock,
+    *,
+    name: str,
+    intended: float | None,
+    started: float,
+    status: int,
+    error: str | None,
+) -> None:
+    """Tell `observer` how an exchange that began at `started` ended (now, on `clock`)."""
+    observer(
+        Exchange(
+            name=name,
+            intended=started if intended is None else intended,
+            started=started,
+            duration=clock.monotonic() - started,
+            status=status,
+            error=error,
+        )
+    )
