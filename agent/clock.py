@@ -4,6 +4,11 @@
 - `FakeClock`: time moves by `advance()`, or jumps by itself when every task waits (autojump);
   sleepers wake in deadline order (tests).
 - `ScaledClock(rate)`: time runs `rate` times faster than real time (the simulator).
+
+`wait_for(event, seconds)` is the one wait a sleeping agent makes: until the event is set or the
+time is up, with no task of its own (a timer that cancels the waiting task, as
+`asyncio.timeout`; on a FakeClock, an entry in its heap). `Flag` is the event an agent waits on:
+asyncio.Event's methods without its 600-byte deque per instance.
 """
 
 from __future__ import annotations
@@ -13,8 +18,55 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Protocol
+
+
+class Waitable(Protocol):
+    """What `wait_for` waits on: an asyncio.Event or a Flag."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self) -> Awaitable[object]: ...
+
+
+class Flag:
+    """asyncio.Event's `set`, `clear`, `is_set` and `wait` for thousands of agents: slotted, and
+    the list of waiters exists only while someone waits (an Event allocates a deque up front).
+    `wait()` returns a future, not a coroutine. Loop-bound like an Event, once waited on."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done once the flag is set (at once if it is)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._set:
+            future.set_result(None)
+            return future
+        live = [w for w in self._waiters or () if not w.done()]  # drop cancelled waits
+        live.append(future)
+        self._waiters = live
+        return future
 
 
 class Clock(Protocol):
@@ -27,6 +79,11 @@ class Clock(Protocol):
         ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+    async def wait_for(self, event: Waitable, seconds: float) -> bool:
+        """Wait until `event` is set or `seconds` passed on this clock; returns whether the
+        event is set (at once if it already was). Creates no task."""
+        ...
 
     def utc_offset_minutes(self) -> int:
         """The device's local time offset, for daily windows."""
@@ -45,6 +102,14 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    async def wait_for(self, event: Waitable, seconds: float) -> bool:
+        if event.is_set():
+            return True
+        with suppress(TimeoutError):
+            async with asyncio.timeout(_loop_delay(seconds)):
+                await event.wait()
+        return event.is_set()
 
 
 class ScaledClock:
@@ -69,13 +134,28 @@ class ScaledClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.rate)
 
+    async def wait_for(self, event: Waitable, seconds: float) -> bool:
+        if event.is_set():
+            return True
+        with suppress(TimeoutError):
+            async with asyncio.timeout(_loop_delay(seconds / self.rate)):
+                await event.wait()
+        return event.is_set()
+
+
+def _loop_delay(seconds: float) -> float | None:
+    """The delay for asyncio.timeout. (Each real clock writes its wait out: a shared helper
+    coroutine would be one more frame per waiting agent.)"""
+    return None if seconds == math.inf else max(0.0, seconds)
+
 
 class FakeClock:
     """Deterministic time for tests (after trio's MockClock).
 
-    Time moves only by `advance()` or, with `autojump_threshold` set, by itself. Sleepers wait in
-    a heap of (deadline, order of arrival); moving time wakes every due sleeper, earliest deadline
-    first and equal deadlines in the order they began. A cancelled sleep is forgotten at once.
+    Time moves only by `advance()` or, with `autojump_threshold` set, by itself. Sleepers (a
+    `sleep`, or a `wait_for` until its event comes) wait in a heap of (deadline, order of
+    arrival); moving time wakes every due sleeper, earliest deadline first and equal deadlines in
+    the order they began. A cancelled sleep, or a wait whose event came, is forgotten at once.
     Time is kept in integer nanoseconds, so advancing 0.05 twice reaches a 0.1 deadline exactly.
 
     Autojump: once the event loop has had nothing ready to run for a few consecutive turns
@@ -85,7 +165,9 @@ class FakeClock:
     on a thread or on a socket that has not answered yet counts as waiting: use autojump for code
     whose waits are on this clock, and `advance()` (or a threshold) around real I/O. Idleness is
     read from the loop's ready queue (CPython's `_ready`); on a loop without one the clock jumps
-    after the settling turns alone.
+    after the settling turns alone. A clock left without sleepers stops its jumper at once; two
+    autojumping clocks that both have sleepers in one loop keep each other from ever seeing it
+    idle, so give one loop one autojumping clock at a time.
     """
 
     SETTLE_TURNS = 5
@@ -98,7 +180,7 @@ class FakeClock:
     ) -> None:
         self._start_ms = start_ms
         self._now_ns = 0
-        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._heap: list[tuple[float, int, _Waiter]] = []
         self._order = itertools.count()
         self._live = 0  # sleepers waiting (the heap also holds cancelled ones until popped)
         self._version = 0  # bumped whenever a sleep begins or ends, or time moves
@@ -129,11 +211,42 @@ class FakeClock:
         try:
             await future
         finally:
-            if not future.done() or future.cancelled():  # cancelled, not woken
-                future.cancel()
-                self._live -= 1
-                self._compact()
-                self._changed()
+            self._leave(future)
+
+    async def wait_for(self, event: Waitable, seconds: float) -> bool:
+        """The waiting task's deadline sits in the heap like a sleep's; when time reaches it,
+        an `asyncio.timeout` scope (a loop-time timer that never fires by itself) is moved to
+        now, which cancels the wait as asyncio.timeout does."""
+        if event.is_set():
+            return True
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return event.is_set()
+        alarm = _Alarm()
+        deadline = math.inf if seconds == math.inf else self._now_ns + _ns(seconds)
+        heapq.heappush(self._heap, (deadline, next(self._order), alarm))
+        self._live += 1
+        self._changed()
+        self._start_jumper(asyncio.get_running_loop())
+        try:
+            with suppress(TimeoutError):
+                async with asyncio.timeout(None) as scope:
+                    if not alarm.done():
+                        alarm.scope = scope
+                        await event.wait()
+        finally:
+            alarm.scope = None
+            self._leave(alarm)
+        return event.is_set()
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A sleep or wait ended: if time did not wake it (it was cancelled or its event came),
+        it stops counting as a sleeper at once."""
+        if not waiter.done() or waiter.cancelled():
+            waiter.cancel()
+            self._live -= 1
+            self._compact()
+            self._changed()
 
     # -- moving time ---------------------------------------------------------------------------
 
@@ -222,12 +335,43 @@ class FakeClock:
                 self._changed()
 
     async def _settle(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Return after SETTLE_TURNS consecutive loop turns in which nothing else was ready."""
+        """Return after SETTLE_TURNS consecutive loop turns in which nothing else was ready, or
+        as soon as nothing sleeps on this clock (a clock whose sleepers all left, e.g. when its
+        agent stopped, must not keep another clock's jumper from seeing an idle loop)."""
         quiet = 0
-        while quiet < self.SETTLE_TURNS:
+        while quiet < self.SETTLE_TURNS and self._live:
             await asyncio.sleep(0)  # one turn: the selector is polled, ready callbacks run
             ready = getattr(loop, "_ready", None)
             quiet = quiet + 1 if not ready else 0
+
+
+class _Alarm:
+    """A `wait_for` in FakeClock's heap (lighter than a future and its callback): time reaching
+    it expires the wait's timeout scope, which cancels the wait as asyncio.timeout does."""
+
+    __slots__ = ("_done", "scope")
+
+    def __init__(self) -> None:
+        self._done = False
+        self.scope: asyncio.Timeout | None = None  # set while the wait is inside its scope
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return False  # the wait left early: `cancel()` only marks it done
+
+    def cancel(self) -> bool:
+        self._done = True
+        return True
+
+    def set_result(self, result: None) -> None:
+        self._done = True
+        if self.scope is not None:
+            self.scope.reschedule(asyncio.get_running_loop().time())
+
+
+_Waiter = asyncio.Future[None] | _Alarm
 
 
 def _ns(seconds: float) -> int:

@@ -8,12 +8,13 @@ import asyncio
 import itertools
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.clock import FakeClock
+from agent.clock import Clock, FakeClock, Flag, ScaledClock, SystemClock
 from agent.config import AgentConfig
 from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
@@ -287,3 +288,89 @@ async def test_autojump_runs_the_agent_loop_through_backoff_and_intervals(tmp_pa
     assert at[0] == 0 and all(7 <= gap <= 7.7 for gap in gaps[:3]), gaps
     assert 270 <= gaps[3] <= 330, gaps
     assert agent.statistics().failures == 3 and agent.statistics().checkins >= 2
+
+
+# -- wait_for: one wait per sleep, no task -------------------------------------------------
+
+
+async def test_wait_for_returns_when_the_event_comes_or_the_time_is_up() -> None:
+    """On a FakeClock, wait_for ends with True when the event is set before the deadline (and at
+    once if it was set already), with False when time reaches the deadline; while it waits it
+    is a sleeper like any other, and it leaves the heap as soon as it ends."""
+    clock = FakeClock()
+    event = asyncio.Event()
+    changes = Changes()
+    clock.observers.append(changes.notify)
+    async with asyncio.timeout(SAFETY_S):
+        timed_out = asyncio.create_task(clock.wait_for(event, 5))
+        await changes.until(lambda: clock.sleeping == 1, "waiting")
+        assert clock.next_deadline() == 5
+        clock.advance(4.9)
+        await asyncio.sleep(0)
+        assert not timed_out.done()
+        clock.advance(0.1)
+        assert await timed_out is False and clock.sleeping == 0
+
+        woken = asyncio.create_task(clock.wait_for(event, 5))
+        await changes.until(lambda: clock.sleeping == 1, "waiting again")
+        event.set()
+        assert await woken is True
+        assert clock.sleeping == 0 and clock.next_deadline() is None  # forgotten at once
+        assert await clock.wait_for(event, 5) is True  # already set: no wait
+        event.clear()
+        assert await clock.wait_for(event, 0) is False
+
+
+async def test_wait_for_makes_no_task() -> None:
+    """A wait is one future in the clock's heap and a timeout scope: no task is created, so
+    1,000 parked agents do not hold 2,000 extra tasks."""
+    clock = FakeClock()
+    events = [asyncio.Event() for _ in range(100)]
+    before = len(asyncio.all_tasks())
+    waiters = asyncio.gather(*(clock.wait_for(e, 10) for e in events))
+    changes = Changes()
+    clock.observers.append(changes.notify)
+    async with asyncio.timeout(SAFETY_S):
+        await changes.until(lambda: clock.sleeping == 100, "all waiting")
+        assert len(asyncio.all_tasks()) == before + 100  # gather's own: one per coroutine
+        for event in events[:50]:
+            event.set()
+        clock.advance(10)
+        assert await waiters == [True] * 50 + [False] * 50
+
+
+@pytest.mark.parametrize("make", [SystemClock, lambda: ScaledClock(1e6)], ids=["system", "scaled"])
+async def test_real_clocks_wait_for_an_event_or_their_time(make: Callable[[], Clock]) -> None:
+    """SystemClock and ScaledClock bound the wait with the loop's timer (scaled: a second of
+    clock time is a microsecond here)."""
+    clock = make()
+    event = asyncio.Event()
+    async with asyncio.timeout(SAFETY_S):
+        asyncio.get_running_loop().call_soon(event.set)
+        assert await clock.wait_for(event, 3600 * 1e6 if isinstance(clock, ScaledClock) else 3600)
+        assert await clock.wait_for(event, 5)  # already set
+        event.clear()
+        if isinstance(clock, ScaledClock):
+            assert await clock.wait_for(event, 1.0) is False
+        assert await clock.wait_for(event, 0) is False
+
+
+async def test_a_flag_behaves_as_an_event_and_forgets_abandoned_waits() -> None:
+    """Flag: set wakes every waiter, a wait on a set flag is done at once, clear re-arms it;
+    waits that time out (an agent's idle check-ins) do not pile up in it."""
+    flag = Flag()
+    clock = FakeClock()
+    waiters = [flag.wait() for _ in range(3)]
+    assert not any(w.done() for w in waiters)
+    flag.set()
+    await asyncio.gather(*waiters)
+    assert flag.is_set() and flag.wait().done()
+    flag.clear()
+    assert not flag.is_set()
+    async with asyncio.timeout(SAFETY_S):
+        for _ in range(1000):
+            task = asyncio.create_task(clock.wait_for(flag, 300))
+            await asyncio.sleep(0)
+            clock.advance(300)
+            assert await task is False
+    assert len(flag._waiters or ()) <= 1
