@@ -33,8 +33,8 @@ from agent.platforms.base import BuildInfo, HardwareInfo, Platform, gather_facts
 from agent.platforms.facts_file import load_facts, override_build, override_hardware
 from agent.runtime.agent import Agent
 from agent.runtime.files import write_atomic
-from agent.runtime.outbox import Outbox
-from agent.runtime.state import StateStore
+from agent.runtime.outbox import FileOutbox, queued_events
+from agent.runtime.state import FileStateStore
 from agent.transport.client import AiohttpTransport, TlsOptions
 
 log = structlog.get_logger("agent")
@@ -204,8 +204,8 @@ async def _run(args: argparse.Namespace, config: AgentConfig) -> int:
             platform=platform,
             transport=transport,
             clock=SystemClock(),
-            state_store=StateStore(config.state_dir),
-            outbox=Outbox(config.state_dir / "outbox"),
+            state_store=FileStateStore(config.state_dir),
+            outbox=FileOutbox(config.state_dir / "outbox"),
         )
         if args.once:
             await agent.run_once()
@@ -221,9 +221,8 @@ async def _run(args: argparse.Namespace, config: AgentConfig) -> int:
 
 async def _look(command: str, args: argparse.Namespace, config: AgentConfig) -> int:
     if command == "status":
-        state = StateStore(config.state_dir).load()
-        outbox = config.state_dir / "outbox"
-        queued = len(list(outbox.glob("*-event-*.json"))) if outbox.is_dir() else 0
+        state = FileStateStore(config.state_dir).load()
+        queued = queued_events(config.state_dir / "outbox")
         values = asdict(state)
         values.pop("token")
         values.update(enrolled=state.enrolled, queued_events=queued)

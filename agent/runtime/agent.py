@@ -2,21 +2,25 @@
 
 Theory of operation: `run()` owns one TaskGroup with the check-in loop, the push listener and a
 task that waits for the stop request; stopping cancels the loops, then the outbox is flushed
-once more (bounded by the request timeout) and the state saved. The check-in loop checks in,
-queues the inventory when the server asks or its hash changed, flushes the outbox, and sleeps
-the server's interval with jitter; on errors it backs off (full jitter, honouring
+once more (bounded by the request timeout) and the state committed in full. What is queued and
+saved is committed (made durable) before anything is sent and before every irreversible change
+to the device (runtime/state.py and runtime/outbox.py give the rules). The check-in loop checks
+in, queues the inventory when the server asks or its hash changed, flushes the outbox, and
+sleeps the server's interval with jitter; on errors it backs off (full jitter, honouring
 Retry-After). A `sync` or `wake` on the push channel cuts the sleep short. The push listener
 reconnects with its own backoff (capped at 60 s), cut short by a check-in that succeeds while the
 channel is down: after an outage the channel is back with the first check-in. Device calls that
 meet 40100 (a revoked token) register again once and retry; they never save the device again.
-The inventory scan runs beside the check-ins: a long cold scan does not delay them.
-The same class runs on a rig and, thousands of times, in the simulator.
+The inventory scan runs beside the check-ins: a long cold scan does not delay them. Event ids,
+like every random choice, come from the injected rng: a seeded run replays. The same class runs
+on a rig and, thousands of times, in the simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -46,7 +50,7 @@ from agent.platforms.base import Platform, gather_facts
 from agent.protocol import CheckinReply, Credentials, Request, Response
 from agent.runtime.artifacts import DOWNLOADS, ArtifactStore, DeviceArtifacts, FileArtifacts
 from agent.runtime.downloads import StreamingTransport
-from agent.runtime.outbox import Outbox
+from agent.runtime.outbox import ItemKind, Outbox
 from agent.runtime.profiles import ProfileRunner
 from agent.runtime.state import AgentState, StateStore
 from agent.transport.base import Transport
@@ -130,7 +134,7 @@ class Agent:
             emit=self._queue_profile_event,
             state=self.state,
             save=self._save_state,
-            commit=self._commit,
+            commit=self.commit,
             artifacts=self._artifacts(artifacts),
         )
         if hasattr(platform, "on_change"):  # platforms that announce changes (AC, sleep)
@@ -180,6 +184,7 @@ class Agent:
         self.state.registered_at = self.clock.now_ms()
         self.state.registrations += 1
         self.state_store.save(self.state)
+        await self.commit()  # the token is durable before it is used
         self._enrolled.set()
         log.info(
             "enroll.ok",
@@ -190,8 +195,11 @@ class Agent:
 
     async def send_as_device(self, request_for: Callable[[Credentials], Request], name: str) -> Any:
         """Send the request `request_for(credentials)` with the device's credentials and return
-        the answer's data; a rejected token (40100) registers again once and resends."""
+        the answer's data; a rejected token (40100) registers again once and resends. What
+        was queued and saved is committed first: the server never hears of what the device
+        could forget."""
         await self.ensure_enrolled()
+        await self.commit()
         try:
             return protocol.decode(await self.transport.send(request_for(self.creds())), name)
         except Unauthorized:
@@ -271,19 +279,25 @@ class Agent:
     def _save_state(self) -> None:
         self.state_store.save(self.state)
 
-    async def _commit(self) -> None:
-        """What was saved and queued is durable now (before the device changes)."""
-        self.state_store.save(self.state)
+    async def commit(self, *, full: bool = False) -> None:
+        """Make what was queued and saved durable: the outbox first (an event the state says
+        happened is never lost), then the state. Awaited before anything is sent and before
+        every irreversible change to the device; `full` (at stop) also writes the check-in
+        bookkeeping that otherwise waits for the next real write."""
+        await self.outbox.commit()
+        await self.state_store.commit(full=full)
 
     def queue_event(self, event: dict[str, Any]) -> str:
-        """Write an event to the outbox (sent by the next flush); returns its id."""
+        """Stage an event in the outbox (durable at the next commit, sent by the next flush);
+        returns its id, drawn from the agent's rng so that a seeded run replays."""
         event = dict(event)
         event.setdefault("at", iso_ms(self.clock.now_ms()))
+        event.setdefault("id", str(uuid.UUID(int=self.rng.getrandbits(128), version=4)))
         return self.outbox.put_event(event)
 
     async def flush(self) -> None:
         """Send what the outbox holds; each item is removed only once the server accepted it."""
-        for item in self.outbox.pending("inventory", limit=1):
+        for item in self.outbox.pending(ItemKind.INVENTORY, limit=1):
             body = item.body
 
             def put(creds: Credentials, body: dict[str, Any] = body) -> Request:
@@ -293,7 +307,7 @@ class Agent:
             self.outbox.ack([item])
             self.state.reported_inventory_hash = protocol.inventory_hash_of(body)
             self.state_store.save(self.state)
-        while batch := self.outbox.pending("event", limit=EVENT_BATCH):
+        while batch := self.outbox.pending(ItemKind.EVENT, limit=EVENT_BATCH):
             events = [item.body for item in batch]
 
             def send(creds: Credentials, events: list[dict[str, Any]] = events) -> Request:
@@ -322,6 +336,7 @@ class Agent:
             await self.cycle()
         finally:
             self.scan_wait_s = wait
+        await self.commit(full=True)
         if self.scan_error is not None:
             raise self.scan_error
 
@@ -346,6 +361,7 @@ class Agent:
             async with asyncio.timeout(self.config.request_timeout_s):
                 await self.flush()
         self.state_store.save(self.state)
+        await self.commit(full=True)
         log.info("agent.stopped", queued=self.outbox.count())
 
     @staticmethod

@@ -22,8 +22,8 @@ from agent.models import ApkArtifact, BuildInfo, HardwareInfo, OtaArtifact
 from agent.platforms.simulated import SimulatedPlatform
 from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
-from agent.runtime.outbox import Outbox
-from agent.runtime.state import StateStore
+from agent.runtime.outbox import FileOutbox
+from agent.runtime.state import FileStateStore
 from agent.transport.base import Download
 from agent.transport.client import AiohttpPush, AiohttpTransport
 
@@ -193,8 +193,8 @@ def make_agent(
         platform=platform,
         transport=transport,
         clock=clock or SystemClock(),
-        state_store=StateStore(state_dir),
-        outbox=Outbox(state_dir / "outbox"),
+        state_store=FileStateStore(state_dir),
+        outbox=FileOutbox(state_dir / "outbox"),
         rng=random.Random(7),
     )
     return agent, transport

@@ -1,8 +1,9 @@
 """A real agent process for the crash test: `python -m tests.agent.crash_agent BASE STATE MODE N`.
 
-MODE `queue`: enroll, queue N events, say "queued", then wait to be killed (before sending).
-MODE `sent`: enroll, queue N events, flush; when the server has accepted the batch and before
-the outbox is cleared, say "sent" and wait to be killed. MODE `flush`: check in and flush.
+MODE `queue`: enroll, queue N events and commit them (as the agent does before it sends), say
+"queued", then wait to be killed (before sending). MODE `sent`: enroll, queue N events, flush
+(which commits, then sends); when the server has accepted the batch and before the outbox is
+cleared, say "sent" and wait to be killed. MODE `flush`: check in and flush.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ async def main(base: str, state: Path, mode: str, count: int) -> None:
         for i in range(count):
             agent.queue_event({"kind": "settings", "status": "applied", "target": f"s{i}"})
         if mode == "queue":
+            await agent.commit()
             say("queued")
             time.sleep(3600)  # killed here, before anything was sent
 

@@ -355,6 +355,7 @@ async def test_restart_after_install_confirms_the_boot(
     }
     agent.state.pending_boot = {"profile": uuid, "target": image, "expected": FP2, "previous": FP1}
     agent.state_store.save(agent.state)
+    await agent.commit()
     platform.set_build(fingerprint=FP2, build_date=1800000000)  # the boot came up on the image
     restarted, transport = agent_for(server, tmp_path, platform)
     await restarted.run_once()

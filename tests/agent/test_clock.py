@@ -18,8 +18,8 @@ from agent.clock import Clock, FakeClock, Flag, ScaledClock, SystemClock
 from agent.config import AgentConfig
 from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
-from agent.runtime.outbox import Outbox
-from agent.runtime.state import StateStore
+from agent.runtime.outbox import FileOutbox
+from agent.runtime.state import FileStateStore
 from agent.transport.mock import MockTransport
 from tests.agent.agent_harness import SAFETY_S, Changes, sim_platform
 
@@ -275,8 +275,8 @@ async def test_autojump_runs_the_agent_loop_through_backoff_and_intervals(tmp_pa
         platform=sim_platform(),
         transport=MockTransport(server),
         clock=clock,
-        state_store=StateStore(tmp_path),
-        outbox=Outbox(tmp_path / "outbox"),
+        state_store=FileStateStore(tmp_path),
+        outbox=FileOutbox(tmp_path / "outbox"),
         rng=random.Random(7),
     )
     stop = asyncio.Event()

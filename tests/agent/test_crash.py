@@ -1,5 +1,5 @@
-"""Crash safety: SIGKILL the agent process between queueing and sending, and between sending
-and clearing the outbox; after a restart every event reached the server exactly once."""
+"""Crash safety: SIGKILL the agent process between queueing (committed) and sending, and between
+sending and clearing the outbox; after a restart every event reached the server exactly once."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.runtime.outbox import FileOutbox, ItemKind
 from tests.helpers import Client, Server
 
 ROOT = Path(__file__).parent.parent.parent
@@ -46,13 +47,15 @@ async def test_sigkill_loses_nothing_and_duplicates_nothing(
     victim = await agent_process(server.base, state, mode, 25, mode)
     victim.send_signal(signal.SIGKILL)
     await victim.wait()
-    queued = sorted(p.name for p in (state / "outbox").glob("*-event-*.json"))
-    assert len(queued) == 25
+    assert len(list((state / "outbox").glob("*-batch.jsonl"))) == 1  # one commit, one file
+    outbox = FileOutbox(state / "outbox")
+    outbox.prepare()
+    queued = [item.body["id"] for item in outbox.pending(ItemKind.EVENT)]
+    assert len(queued) == 25 and len(set(queued)) == 25
     already = server.sql("SELECT COUNT(*) FROM events")[0][0]
     assert already == (25 if mode == "sent" else 0)
     survivor = await agent_process(server.base, state, "flush", 0, "done 0")
     await survivor.wait()
     rows = server.sql("SELECT id, COUNT(*) AS n FROM events GROUP BY id")
     assert len(rows) == 25 and all(r["n"] == 1 for r in rows)
-    ids = {name.split("-event-")[1].removesuffix(".json") for name in queued}
-    assert {r["id"] for r in rows} == ids
+    assert {r["id"] for r in rows} == set(queued)

@@ -21,8 +21,8 @@ from agent.platforms.base import Platform, gather_facts
 from agent.platforms.linux import LinuxPlatform
 from agent.runtime.agent import Agent
 from agent.runtime.artifacts import ota_artifact
-from agent.runtime.outbox import Outbox
-from agent.runtime.state import StateStore
+from agent.runtime.outbox import FileOutbox
+from agent.runtime.state import FileStateStore
 from tests.agent.agent_harness import RecordingPlatform, RecordingTransport, make_agent, running
 from tests.helpers import Client, Server, ota_zip
 
@@ -103,8 +103,8 @@ async def test_facts_clone_takes_an_update(
         platform=platform,
         transport=RecordingTransport(server.base, timeout_s=10.0),
         clock=FakeClock(),
-        state_store=StateStore(tmp_path / "state"),
-        outbox=Outbox(tmp_path / "state" / "outbox"),
+        state_store=FileStateStore(tmp_path / "state"),
+        outbox=FileOutbox(tmp_path / "state" / "outbox"),
         rng=random.Random(7),
     )
     await agent.run_once()
