@@ -1,19 +1,19 @@
 """The agent: enrollment, the check-in loop, the push listener and the outbox flush.
 
-Theory of operation: `run()` owns one TaskGroup with the check-in loop, the push listener and a
-task that waits for the stop request; stopping cancels the loops, then the outbox is flushed
+Theory of operation: `run()` owns one TaskGroup with the check-in loop and the push listener,
+and waits for the stop request itself; stopping cancels the loops, then the outbox is flushed
 once more (bounded by the request timeout) and the state committed in full. What is queued and
 saved is committed (made durable) before anything is sent and before every irreversible change
 to the device (runtime/state.py and runtime/outbox.py give the rules). The check-in loop checks
 in, queues the inventory when the server asks or its hash changed, flushes the outbox, and
-sleeps the server's interval with jitter; on errors it backs off (full jitter, honouring
-Retry-After). A `sync` or `wake` on the push channel cuts the sleep short. The push listener
-reconnects with its own backoff (capped at 60 s), cut short by a check-in that succeeds while the
-channel is down: after an outage the channel is back with the first check-in. Device calls that
-meet 40100 (a revoked token) register again once and retry; they never save the device again.
-The inventory scan runs beside the check-ins: a long cold scan does not delay them. Event ids,
-like every random choice, come from the injected rng: a seeded run replays. The same class runs
-on a rig and, thousands of times, in the simulator.
+sleeps the server's interval with jitter (one clock wait, no task); on errors it backs off
+(full jitter, honouring Retry-After). A `sync` or `wake` on the push channel cuts the sleep
+short. The push listener reconnects with its own backoff (capped at 60 s), cut short by a
+check-in that succeeds while the channel is down: after an outage the channel is back with the
+first check-in. Device calls that meet 40100 (a revoked token) register again once and retry;
+they never save the device again. The inventory scan runs beside the check-ins: a long cold
+scan does not delay them. Event ids, like every random choice, come from the injected rng: a
+seeded run replays. The same class runs on a rig and, thousands of times, in the simulator.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from agent import protocol
-from agent.clock import Clock
+from agent.clock import Clock, Flag
 from agent.config import AgentConfig
 from agent.core.backoff import next_delay, with_jitter
 from agent.core.checkin import inventory_hash
@@ -117,9 +117,9 @@ class Agent:
         self.outbox.prepare()
         self.state: AgentState = state_store.load()
         self.push_connected = False
-        self._nudge = asyncio.Event()
-        self._server_back = asyncio.Event()  # a check-in succeeded while the push channel was down
-        self._enrolled = asyncio.Event()
+        self._nudge = Flag()
+        self._server_back = Flag()  # a check-in succeeded while the push channel was down
+        self._enrolled = Flag()
         if self.state.enrolled:
             self._enrolled.set()
         self._checkins = self._failures = self._events_sent = 0
@@ -348,7 +348,8 @@ class Agent:
                 group.create_task(self._checkin_loop(), name="checkin-loop")
                 if self.config.push:
                     group.create_task(self._push_loop(), name="push-loop")
-                group.create_task(self._until(stop), name="stop")
+                await stop.wait()  # here, not in a task of its own
+                raise StopRequested  # the TaskGroup cancels the loops
         except* StopRequested:
             pass
         except* AgentError as group:  # e.g. the state dir became unwritable: end with its message
@@ -363,11 +364,6 @@ class Agent:
         self.state_store.save(self.state)
         await self.commit(full=True)
         log.info("agent.stopped", queued=self.outbox.count())
-
-    @staticmethod
-    async def _until(stop: asyncio.Event) -> None:
-        await stop.wait()
-        raise StopRequested
 
     async def _checkin_loop(self) -> None:
         attempt = 0
@@ -393,7 +389,10 @@ class Agent:
                 attempt = 0
                 delay = with_jitter(reply.next_checkin_s, self.rng)
                 delay = min(delay, self._recheck_delay())
-            await self._sleep_or_nudge(delay)
+            # one clock wait, cut short by a nudge (a push message or a platform event); a nudge
+            # that came while the cycle ran is not lost
+            await self.clock.wait_for(self._nudge, delay)
+            self._nudge.clear()
 
     def _recheck_delay(self) -> float:
         """Deferred work is looked at again soon: when its time comes, or every 15 s for
@@ -402,27 +401,6 @@ class Agent:
             d.retry_in_s if d.retry_in_s is not None else RECHECK_S for d in self.profiles.deferrals
         ]
         return max(1.0, min(waits)) if waits else float("inf")
-
-    async def _sleep_or_nudge(self, seconds: float) -> None:
-        """Sleep `seconds` on the agent's clock, or less if something nudges (a push message
-        or a platform event); a nudge that came while the cycle ran is not lost."""
-        await self._sleep_unless(seconds, self._nudge)
-
-    async def _sleep_unless(self, seconds: float, cut: asyncio.Event) -> None:
-        """Sleep `seconds` on the agent's clock, or until `cut` is set (also if it was set
-        before the sleep began); `cut` is clear afterwards."""
-        if cut.is_set():
-            cut.clear()
-            return
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        woken = asyncio.ensure_future(cut.wait())
-        try:
-            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, woken):
-                task.cancel()
-            await asyncio.gather(sleeper, woken, return_exceptions=True)
-            cut.clear()
 
     async def _push_loop(self) -> None:
         attempt = 0
@@ -448,9 +426,10 @@ class Agent:
                 self.push_connected = False
             attempt += 1
             # its own backoff, or sooner: a check-in that succeeds says the server is back
-            await self._sleep_unless(
-                next_delay(attempt, None, self.rng, cap=60.0), self._server_back
+            await self.clock.wait_for(
+                self._server_back, next_delay(attempt, None, self.rng, cap=60.0)
             )
+            self._server_back.clear()
 
     async def _wake(self) -> None:
         try:

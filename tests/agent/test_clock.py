@@ -14,13 +14,15 @@ from typing import Any
 
 import pytest
 
+from agent import protocol
 from agent.clock import Clock, FakeClock, Flag, ScaledClock, SystemClock
 from agent.config import AgentConfig
 from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
+from agent.runtime.memory import MemoryOutbox, MemoryStateStore
 from agent.runtime.outbox import FileOutbox
 from agent.runtime.state import FileStateStore
-from agent.transport.mock import MockTransport
+from agent.transport.mock import Handler, MockTransport
 from tests.agent.agent_harness import SAFETY_S, Changes, sim_platform
 
 START_MS = 1_790_000_000_000
@@ -353,6 +355,110 @@ async def test_real_clocks_wait_for_an_event_or_their_time(make: Callable[[], Cl
         if isinstance(clock, ScaledClock):
             assert await clock.wait_for(event, 1.0) is False
         assert await clock.wait_for(event, 0) is False
+
+
+def script() -> tuple[Handler, list[tuple[str, str, str, str]], asyncio.Event]:
+    """A canned server: one settings profile, a 503 on the second check-in (backoff jitter),
+    the stop signal after the sixth. Records every request as (method, path, params, body)."""
+    seen: list[tuple[str, str, str, str]] = []
+    done = asyncio.Event()
+    checkins = 0
+
+    async def handler(request: Request) -> Response:
+        nonlocal checkins
+        seen.append(
+            (
+                request.method,
+                request.path,
+                json.dumps(dict(request.params), sort_keys=True),
+                json.dumps(request.body, sort_keys=True),
+            )
+        )
+        if request.name == "register":
+            return envelope(200, 0, {"deviceUuid": "d1", "token": "t1"})
+        if request.name == "checkin":
+            checkins += 1
+            if checkins == 6:
+                done.set()
+            if checkins == 2:
+                return envelope(503, 50300)
+            reply = {"nextCheckinSeconds": 300, "profiles": [{"uuid": "p1", "updated": 1}]}
+            return envelope(200, 0, reply)
+        if request.name == "profiles":
+            doc = {"uuid": "p1", "updated": 1, "settings": {"wifi": {"ssid": "lab"}}}
+            return envelope(200, 0, [doc])
+        return envelope(200, 0)
+
+    return handler, seen, done
+
+
+async def replay(seed: int, tmp_path: Path) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+    """A simulated agent (memory persistence) run on a FakeClock with autojump until its sixth
+    check-in: every request it made, and the ids of the events it sent."""
+    handler, seen, done = script()
+    agent = Agent(
+        config=AgentConfig(
+            server="http://mock", api_key="k", state_dir=tmp_path, platform="simulated", push=False
+        ),
+        platform=sim_platform(),
+        transport=MockTransport(handler),
+        clock=FakeClock(autojump_threshold=0),
+        state_store=MemoryStateStore(),
+        outbox=MemoryOutbox(),
+        rng=random.Random(seed),
+    )
+    async with asyncio.timeout(SAFETY_S):
+        await agent.run(done)
+    ids = [
+        event["id"]
+        for _, path, _, body in seen
+        if path == protocol.EVENTS
+        for event in json.loads(body)
+    ]
+    return seen, ids
+
+
+async def test_a_seeded_run_replays(tmp_path: Path) -> None:
+    """Two agents with the same seed, on a FakeClock with autojump and a MockTransport, make
+    the identical sequence of requests (bodies, times and event ids included); another seed
+    draws other event ids and other jitter."""
+    first, first_ids = await replay(42, tmp_path)
+    second, second_ids = await replay(42, tmp_path)
+    assert first_ids and first == second and first_ids == second_ids
+    other, other_ids = await replay(43, tmp_path)
+    assert len(other_ids) == len(first_ids) and not set(other_ids) & set(first_ids)
+    assert other != first
+
+
+async def test_a_parked_agent_holds_only_its_loops(tmp_path: Path) -> None:
+    """Between check-ins an agent is its run() task and its check-in loop, waiting in one
+    clock wait: no sleeper task, no event-waiter task, no stop-watcher task."""
+    handler, _, done = script()
+    clock = FakeClock()
+    changes = Changes()
+    clock.observers.append(changes.notify)
+    agent = Agent(
+        config=AgentConfig(
+            server="http://mock", api_key="k", state_dir=tmp_path, platform="simulated", push=False
+        ),
+        platform=sim_platform(),
+        transport=MockTransport(handler),
+        clock=clock,
+        state_store=MemoryStateStore(),
+        outbox=MemoryOutbox(),
+        rng=random.Random(1),
+    )
+    before = asyncio.all_tasks()
+    async with asyncio.timeout(SAFETY_S), asyncio.TaskGroup() as group:
+        group.create_task(agent.run(done), name="agent")
+        await changes.until(
+            lambda: agent.statistics().checkins == 1 and clock.sleeping == 1, "parked"
+        )
+        assert sorted(t.get_name() for t in asyncio.all_tasks() - before) == [
+            "agent",
+            "checkin-loop",
+        ]
+        done.set()
 
 
 async def test_a_flag_behaves_as_an_event_and_forgets_abandoned_waits() -> None:
