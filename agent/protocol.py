@@ -116,9 +116,17 @@ def register(creds: Credentials, serial: str, hardware: Mapping[str, str]) -> Re
     )
 
 
-def checkin(creds: Credentials, body: Mapping[str, Any]) -> Request:
+def checkin(
+    creds: Credentials, body: Mapping[str, Any], *, intended: float | None = None
+) -> Request:
+    """A check-in; `intended` is when the agent's schedule meant it to go (on its clock)."""
     return Request(
-        method="POST", path=CHECKIN, name="checkin", headers=device_headers(creds), body=dict(body)
+        method="POST",
+        path=CHECKIN,
+        name="checkin",
+        headers=device_headers(creds),
+        body=dict(body),
+        intended=intended,
     )
 
 

@@ -49,7 +49,6 @@ from agent.models import AppRecord, ProfileEvent
 from agent.platforms.base import Platform, gather_facts
 from agent.protocol import CheckinReply, Credentials, Request, Response
 from agent.runtime.artifacts import DOWNLOADS, ArtifactStore, DeviceArtifacts, FileArtifacts
-from agent.runtime.downloads import StreamingTransport
 from agent.runtime.outbox import ItemKind, Outbox
 from agent.runtime.profiles import ProfileRunner
 from agent.runtime.state import AgentState, StateStore
@@ -119,6 +118,7 @@ class Agent:
         self.push_connected = False
         self._nudge = Flag()
         self._server_back = Flag()  # a check-in succeeded while the push channel was down
+        self._due: float | None = None  # when the schedule meant the next check-in to go
         self._enrolled = Flag()
         if self.state.enrolled:
             self._enrolled.set()
@@ -219,8 +219,11 @@ class Agent:
         current = inventory_hash(apps) if apps is not None else None
         body = protocol.checkin_body(facts, rtc_enabled=self.push_connected, inventory_hash=current)
         started = self.clock.monotonic()
+        due, self._due = self._due, None  # the observer measures from the intended time
         reply = protocol.parse_checkin_reply(
-            await self.send_as_device(lambda creds: protocol.checkin(creds, body), "checkin")
+            await self.send_as_device(
+                lambda creds: protocol.checkin(creds, body, intended=due), "checkin"
+            )
         )
         self._checkins += 1
         if not self.push_connected:
@@ -269,8 +272,6 @@ class Agent:
     def _artifacts(self, shared: ArtifactStore | None) -> DeviceArtifacts:
         if shared is None:
             return FileArtifacts(self.config.state_dir / DOWNLOADS, self.transport, self.creds)
-        if not isinstance(self.transport, StreamingTransport):
-            raise TypeError("a shared ArtifactStore needs a transport with download_to()")
         return shared.device(self.transport, self.creds)
 
     def _queue_profile_event(self, event: ProfileEvent) -> None:
@@ -391,8 +392,12 @@ class Agent:
                 delay = min(delay, self._recheck_delay())
             # one clock wait, cut short by a nudge (a push message or a platform event); a nudge
             # that came while the cycle ran is not lost
+            deadline = self.clock.monotonic() + delay
             await self.clock.wait_for(self._nudge, delay)
             self._nudge.clear()
+            # the next check-in was meant to go at the deadline, or now if a nudge came first:
+            # latency is measured from there, so a late generator shows as latency, not hidden
+            self._due = min(deadline, self.clock.monotonic())
 
     def _recheck_delay(self) -> float:
         """Deferred work is looked at again soon: when its time comes, or every 15 s for

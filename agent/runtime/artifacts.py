@@ -30,28 +30,13 @@ from typing import Protocol, TypeVar
 from agent.errors import FormatError
 from agent.models import ApkArtifact, OtaArtifact
 from agent.protocol import Credentials
-from agent.runtime.downloads import Fetched, StreamingTransport, fetch, sha256_of
-from agent.transport.base import Transport
+from agent.runtime.downloads import Fetched, fetch, sha256_of
+from agent.transport.base import Sink, Transport
 from midm_common.apk import ApkMetadata, read_apk_metadata
 from midm_common.ota import OtaMetadata, read_ota_metadata
 
 Meta = TypeVar("Meta", ApkMetadata, OtaMetadata)
 DOWNLOADS = "downloads"  # the folder of a rig's downloads in its state dir
-
-
-class Sink(Protocol):
-    """Where a streamed download's bytes go (`StreamingTransport.download_to`)."""
-
-    @property
-    def size(self) -> int:
-        """Bytes held: a resumed download asks for the rest."""
-        ...
-
-    def write(self, chunk: bytes) -> None: ...
-
-    def truncate(self) -> None:
-        """Forget what was written (the server sends the whole file again)."""
-        ...
 
 
 class DigestSink(Sink, Protocol):
@@ -233,18 +218,14 @@ class ArtifactStore:
         self._writing: dict[str, asyncio.Future[None]] = {}  # fileUuid -> its first download
         self._seq = itertools.count()
 
-    def device(
-        self, transport: StreamingTransport, creds: Callable[[], Credentials]
-    ) -> StreamedArtifacts:
+    def device(self, transport: Transport, creds: Callable[[], Credentials]) -> StreamedArtifacts:
         """One agent's view of the store, pulling through that agent's transport."""
         return StreamedArtifacts(self, transport, creds)
 
     def statistics(self) -> ArtifactStatistics:
         return self.cache.statistics(contents=len(self._contents))
 
-    async def content(
-        self, transport: StreamingTransport, creds: Credentials, file_uuid: str
-    ) -> _Content:
+    async def content(self, transport: Transport, creds: Credentials, file_uuid: str) -> _Content:
         """Pull `file_uuid` through `transport` and return the store's copy of its content."""
         writing = self._writing.get(file_uuid)
         if writing is None and file_uuid not in self._known:
@@ -258,9 +239,7 @@ class ArtifactStore:
             return held
         return await self._write(transport, creds, file_uuid)  # the store lacks this content
 
-    async def _write(
-        self, transport: StreamingTransport, creds: Credentials, file_uuid: str
-    ) -> _Content:
+    async def _write(self, transport: Transport, creds: Credentials, file_uuid: str) -> _Content:
         """Download `file_uuid` into a file of the store (the agents that fetch it meanwhile
         wait for this one)."""
         done: asyncio.Future[None] | None = None
@@ -293,7 +272,7 @@ class StreamedArtifacts:
     def __init__(
         self,
         store: ArtifactStore,
-        transport: StreamingTransport,
+        transport: Transport,
         creds: Callable[[], Credentials],
     ) -> None:
         self.store = store

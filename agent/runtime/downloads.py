@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 from agent import protocol
 from agent.errors import AgentError
@@ -25,22 +24,11 @@ from agent.protocol import Credentials
 from agent.transport.base import Download, Transport
 
 if TYPE_CHECKING:
-    from agent.runtime.artifacts import DigestSink, Sink
+    from agent.runtime.artifacts import DigestSink
 
 
 class DownloadError(AgentError):
     hint = "the file on the server is damaged or changed during the download"
-
-
-@runtime_checkable
-class StreamingTransport(Transport, Protocol):
-    """A transport that can also stream a download into a sink instead of a file."""
-
-    async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
-        """GET `path` into `sink`: ask for the rest (Range) when the sink holds bytes; on a 206
-        append, on a 200 truncate the sink first. Raise TransportError when the connection
-        drops (what arrived stays in the sink)."""
-        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,16 +64,14 @@ async def fetch(
     transport: Transport, creds: Credentials, file_uuid: str, target: Path | DigestSink
 ) -> Fetched:
     """The verified content of `file_uuid`: into the folder `target` (downloaded or resumed as
-    needed), or streamed into the sink `target` (the transport must be a StreamingTransport)."""
+    needed), or streamed into the sink `target`."""
     if isinstance(target, Path):
         return await _fetch_file(transport, creds, file_uuid, target)
-    if not isinstance(transport, StreamingTransport):
-        raise TypeError(f"{type(transport).__name__} cannot stream a download into a sink")
     return await _fetch_into(transport, creds, file_uuid, target)
 
 
 async def _fetch_into(
-    transport: StreamingTransport, creds: Credentials, file_uuid: str, sink: DigestSink
+    transport: Transport, creds: Credentials, file_uuid: str, sink: DigestSink
 ) -> Fetched:
     path = protocol.file_path(file_uuid)
     answer = await transport.download_to(path, protocol.download_headers(creds), sink)

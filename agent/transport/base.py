@@ -82,6 +82,12 @@ class Transport(Protocol):
         Raise TransportError when the connection drops (what arrived stays in `target`)."""
         ...
 
+    async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
+        """GET `path` into `sink`: ask for the rest (Range) when the sink holds bytes; on a 206
+        append, on a 200 truncate the sink first. Raise TransportError when the connection
+        drops (what arrived stays in the sink)."""
+        ...
+
     def open_push(
         self, path: str, headers: Mapping[str, str]
     ) -> AbstractAsyncContextManager[PushChannel]:

@@ -24,7 +24,7 @@ from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
 from agent.runtime.outbox import FileOutbox
 from agent.runtime.state import FileStateStore
-from agent.transport.base import Download
+from agent.transport.base import Download, Sink
 from agent.transport.client import AiohttpPush, AiohttpTransport
 
 OPEN: list[AiohttpTransport] = []  # closed after each test by tests/agent/conftest.py
@@ -89,6 +89,12 @@ class RecordingTransport(AiohttpTransport):
     ) -> Download:
         try:
             return await super().download(path, headers, target, offset)
+        finally:
+            self.changes.notify()
+
+    async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
+        try:
+            return await super().download_to(path, headers, sink)
         finally:
             self.changes.notify()
 

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from agent.clock import FakeClock
@@ -25,12 +24,11 @@ from agent.runtime.artifacts import (
     ArtifactStore,
     HashingSink,
     MetadataCache,
-    Sink,
     apk_artifact,
     ota_artifact,
 )
 from agent.runtime.downloads import DownloadError, fetch
-from agent.transport.base import Download
+from agent.transport.base import Download, Sink
 from agent.transport.mock import MockTransport
 from midm_common.apk import ApkMetadata
 from tests.agent.agent_harness import RecordingTransport, make_agent, sim_platform
@@ -41,24 +39,7 @@ FP1 = "acme/sim/sim:14/A/1:user/release-keys"
 FP2 = "acme/sim/sim:14/A/2:user/release-keys"
 
 
-class StreamingMock(MockTransport):
-    """MockTransport with `download_to` (the sink side of a download)."""
-
-    async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
-        request_headers = dict(headers)
-        if sink.size:
-            request_headers["Range"] = f"bytes={sink.size}-"
-        answer = await self.send(
-            Request(method="GET", path=path, headers=request_headers, name="download")
-        )
-        if answer.status == 200:
-            sink.truncate()
-        if answer.status in (200, 206):
-            sink.write(answer.body)
-        return Download(status=answer.status, headers=answer.headers)
-
-
-def serving(files: dict[str, bytes]) -> tuple[StreamingMock, list[str]]:
+def serving(files: dict[str, bytes]) -> tuple[MockTransport, list[str]]:
     """A transport whose server holds `files` (by fileUuid) and counts each file's downloads."""
     pulled: list[str] = []
 
@@ -72,7 +53,7 @@ def serving(files: dict[str, bytes]) -> tuple[StreamingMock, list[str]]:
             headers={"X-Checksum-SHA256": hashlib.sha256(body).hexdigest()},
         )
 
-    return StreamingMock(handler), pulled
+    return MockTransport(handler), pulled
 
 
 async def test_concurrent_asks_for_one_content_wait_for_one_parse() -> None:
@@ -175,23 +156,12 @@ async def test_a_tampered_stream_is_refused(tmp_path: Path) -> None:
         return Response(status=200, body=b"tampered", headers={"X-Checksum-SHA256": "0" * 64})
 
     with pytest.raises(DownloadError, match="sha256"):
-        await fetch(StreamingMock(handler), CREDS, "F1", HashingSink())
+        await fetch(MockTransport(handler), CREDS, "F1", HashingSink())
     store = ArtifactStore(tmp_path / "store")
     for _ in range(2):  # the first agent (a file) and a later one (a sink) alike
         with pytest.raises(DownloadError, match="sha256"):
-            await store.device(StreamingMock(handler), lambda: CREDS).app("F1")
+            await store.device(MockTransport(handler), lambda: CREDS).app("F1")
     assert store.statistics().contents == 0
-
-
-async def test_a_transport_without_download_to_cannot_stream() -> None:
-    """Streaming needs the transport's download_to; the file-based path does not."""
-
-    class FilesOnly:
-        async def send(self, request: Request) -> Response:
-            raise AssertionError("not sent")
-
-    with pytest.raises(TypeError, match="cannot stream"):
-        await fetch(FilesOnly(), CREDS, "F1", HashingSink())  # type: ignore[arg-type]
 
 
 async def test_the_simulated_platform_never_parses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,8 +201,7 @@ async def test_platforms_installing_from_a_file_name_a_hashed_only_artifact(
 
 
 class StreamingTransport(RecordingTransport):
-    """The real transport, with a stand-in `download_to` over its own aiohttp session; names
-    every download, into a file or a sink."""
+    """The real transport, naming every download, into a file or a sink."""
 
     async def download(
         self, path: str, headers: Mapping[str, str], target: Path, offset: int
@@ -241,25 +210,8 @@ class StreamingTransport(RecordingTransport):
         return await super().download(path, headers, target, offset)
 
     async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
-        request_headers = dict(headers)
-        if sink.size:
-            request_headers["Range"] = f"bytes={sink.size}-"
         self.names.append("download")
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(self.base_url + path, headers=request_headers) as answer,
-            ):
-                if answer.status == 200:
-                    sink.truncate()
-                if answer.status in (200, 206):
-                    async for chunk in answer.content.iter_chunked(64 * 1024):
-                        sink.write(chunk)
-                else:
-                    await answer.read()
-                return Download(status=answer.status, headers=dict(answer.headers))
-        finally:
-            self.changes.notify()
+        return await super().download_to(path, headers, sink)
 
 
 def fleet_agent(server: Server, tmp_path: Path, serial: str, store: ArtifactStore) -> Agent:

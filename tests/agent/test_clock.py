@@ -22,6 +22,7 @@ from agent.runtime.agent import Agent
 from agent.runtime.memory import MemoryOutbox, MemoryStateStore
 from agent.runtime.outbox import FileOutbox
 from agent.runtime.state import FileStateStore
+from agent.transport.base import Exchange
 from agent.transport.mock import Handler, MockTransport
 from tests.agent.agent_harness import SAFETY_S, Changes, sim_platform
 
@@ -480,3 +481,42 @@ async def test_a_flag_behaves_as_an_event_and_forgets_abandoned_waits() -> None:
             clock.advance(300)
             assert await task is False
     assert len(flag._waiters or ()) <= 1
+
+
+async def test_check_ins_are_timed_from_their_intended_send_time(tmp_path: Path) -> None:
+    """The observer hears each scheduled check-in with `intended` = the deadline the agent slept
+    to (the first one, not scheduled, has none); a platform that holds the agent up before the
+    request shows as lateness (started - intended), not as time that vanished."""
+    handler, _, done = script()
+    clock = FakeClock(autojump_threshold=0)
+    heard: list[Exchange] = []
+    platform = sim_platform()
+
+    async def slow_hardware_read() -> None:
+        await clock.sleep(2.0)  # a slow fact read on the device, before the check-in goes out
+
+    original_power = platform.power
+
+    async def power() -> Any:
+        await slow_hardware_read()
+        return await original_power()
+
+    platform.power = power  # type: ignore[method-assign]
+    agent = Agent(
+        config=AgentConfig(
+            server="http://mock", api_key="k", state_dir=tmp_path, platform="simulated", push=False
+        ),
+        platform=platform,
+        transport=MockTransport(handler, clock=clock, observer=heard.append),
+        clock=clock,
+        state_store=MemoryStateStore(),
+        outbox=MemoryOutbox(),
+        rng=random.Random(3),
+    )
+    async with asyncio.timeout(SAFETY_S), asyncio.TaskGroup() as group:
+        group.create_task(agent.run(done))
+    checkins = [e for e in heard if e.name == "checkin"]
+    assert len(checkins) == 6 and checkins[0].intended == checkins[0].started
+    for exchange in checkins[1:]:
+        assert exchange.intended < exchange.started
+        assert exchange.lateness == pytest.approx(2.0, abs=1e-6)  # the slow read, no more
