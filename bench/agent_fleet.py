@@ -48,6 +48,7 @@ import aiohttp
 
 from agent.clock import FakeClock, Waitable
 from agent.config import AgentConfig
+from agent.core.rng import SplitMix64
 from agent.platforms.base import BuildInfo, HardwareInfo
 from agent.platforms.simulated import SimulatedPlatform
 from agent.protocol import Request, Response
@@ -173,7 +174,7 @@ async def parked_heap(count: int, push: bool, persistence: str, scratch: Path) -
                 platform=platform(f"FLEET{i:06d}"),
                 transport=fleet.transport(),
                 clock=clock,
-                rng=random.Random(i),
+                rng=SplitMix64(i),
                 **stores(persistence, scratch / "agents" / str(i)),
             )
             for i in range(count)

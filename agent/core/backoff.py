@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import random
+from agent.core.rng import RandomSource
 
 BASE_S = 1.0
 CAP_S = 300.0
@@ -11,7 +11,7 @@ CAP_S = 300.0
 def next_delay(
     attempt: int,
     retry_after: float | None,
-    rng: random.Random,
+    rng: RandomSource,
     *,
     base: float = BASE_S,
     cap: float = CAP_S,
@@ -29,6 +29,6 @@ def next_delay(
     return delay
 
 
-def with_jitter(interval: float, rng: random.Random, spread: float = 0.1) -> float:
+def with_jitter(interval: float, rng: RandomSource, spread: float = 0.1) -> float:
     """A check-in interval spread by +-`spread` so that a fleet does not synchronise."""
     return max(1.0, interval * rng.uniform(1 - spread, 1 + spread))

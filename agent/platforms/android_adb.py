@@ -125,6 +125,7 @@ def parse_battery(text: str) -> PowerState:
 
 class AndroidPlatform:
     name = "android"
+    inventory_in_memory = False
 
     def __init__(
         self,

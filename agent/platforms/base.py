@@ -36,6 +36,9 @@ __all__ = [
 
 class Platform(Protocol):
     name: str
+    # True when installed_apps() only reads memory (the simulated device): the agent awaits it
+    # in line instead of running it as a scan beside the check-in
+    inventory_in_memory: bool
 
     async def hardware(self) -> HardwareInfo: ...
 

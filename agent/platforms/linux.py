@@ -46,6 +46,7 @@ def _read(path: Path) -> str:
 
 class LinuxPlatform:
     name = "linux"
+    inventory_in_memory = False
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from agent.models import ApkArtifact, AppRecord, BuildInfo, HardwareInfo, OtaArt
 
 class SimulatedPlatform:
     name = "simulated"
+    inventory_in_memory = True
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ from agent.config import AgentConfig
 from agent.core.backoff import next_delay, with_jitter
 from agent.core.checkin import inventory_hash
 from agent.core.enrollment import AdminLogin, drive, enrollment
+from agent.core.rng import RandomSource
 from agent.errors import (
     AdminLoginRefused,
     AgentError,
@@ -99,7 +100,7 @@ class Agent:
         clock: Clock,
         state_store: StateStore,
         outbox: Outbox,
-        rng: random.Random | None = None,
+        rng: RandomSource | None = None,
         artifacts: ArtifactStore | None = None,
     ) -> None:
         """`artifacts`: the content store a fleet shares (downloads are streamed and hashed,
@@ -111,7 +112,7 @@ class Agent:
         self.clock = clock
         self.state_store = state_store
         self.outbox = outbox
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.rng: RandomSource = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.state_store.prepare()
         self.outbox.prepare()
         self.state: AgentState = state_store.load()
@@ -119,6 +120,8 @@ class Agent:
         self._nudge = Flag()
         self._server_back = Flag()  # a check-in succeeded while the push channel was down
         self._due: float | None = None  # when the schedule meant the next check-in to go
+        self._hashed_apps: tuple[AppRecord, ...] | None = None  # the inventory last hashed
+        self._hash = ""  # and its hash
         self._enrolled = Flag()
         if self.state.enrolled:
             self._enrolled.set()
@@ -216,7 +219,7 @@ class Agent:
         await self.ensure_enrolled()
         facts = await gather_facts(self.platform)
         apps = await self._inventory()
-        current = inventory_hash(apps) if apps is not None else None
+        current = self._inventory_hash(apps)
         body = protocol.checkin_body(facts, rtc_enabled=self.push_connected, inventory_hash=current)
         started = self.clock.monotonic()
         due, self._due = self._due, None  # the observer measures from the intended time
@@ -247,6 +250,16 @@ class Agent:
         )
         return reply
 
+    def _inventory_hash(self, apps: list[AppRecord] | None) -> str | None:
+        """The inventory's hash, computed again only when a record changed (the records are
+        frozen: an unchanged inventory is the same records, compared by identity first)."""
+        if apps is None:
+            return None
+        listed = tuple(apps)
+        if listed != self._hashed_apps:
+            self._hashed_apps, self._hash = listed, inventory_hash(apps)
+        return self._hash
+
     async def _inventory(self) -> list[AppRecord] | None:
         """The installed apps, from a scan that never holds a check-in up for long.
 
@@ -256,6 +269,9 @@ class Agent:
         unreadable) is logged and kept in `scan_error`: check-ins go on with the last good
         inventory and nothing new is reported; `run_once` then fails with that error.
         """
+        if self.platform.inventory_in_memory:  # nothing to wait for: no task, no wait
+            self._apps = await self.platform.installed_apps()
+            return self._apps
         if self._scan is None:
             self._scan = asyncio.ensure_future(self.platform.installed_apps())
         done, _ = await asyncio.wait({self._scan}, timeout=self.scan_wait_s)

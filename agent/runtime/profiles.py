@@ -142,6 +142,10 @@ class ProfileRunner:
         await self.confirm_boot()
         self.checkin_needed = False
         result = Plan()
+        if not self.profiles and not self.state.progress:
+            self.deferrals = ()  # no profile, no progress to wind up: nothing to plan
+            self._report_deferrals(())
+            return result
         for _ in range(MAX_ROUNDS):
             result = plan(
                 [(p.uuid, p.updated, p.doc) for p in self.profiles],

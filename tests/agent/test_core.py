@@ -170,3 +170,25 @@ def test_checkin_body_and_inventory_hash() -> None:
     assert body["build"]["fingerprint"] == "f" and body["inventoryHash"] == "h"
     a, b = AppRecord(package_name="a", version_code=1), AppRecord(package_name="b", version_code=2)
     assert inventory_hash([a, b]) == inventory_hash([b, a]) != inventory_hash([a])
+
+
+def test_splitmix64_matches_the_reference_and_replays() -> None:
+    """SplitMix64 gives splitmix64.c's outputs for seed 1234567, replays from its seed, and
+    draws floats in [0, 1), uniform values in range and ids of the bits asked for."""
+    from agent.core.rng import SplitMix64
+
+    rng = SplitMix64(1234567)
+    assert [rng.next64() for _ in range(5)] == [
+        6457827717110365317,
+        3203168211198807973,
+        9817491932198370423,
+        4593380528125082431,
+        16408922859458223821,
+    ]
+    a, b = SplitMix64(9), SplitMix64(9)
+    assert [a.getrandbits(128) for _ in range(3)] == [b.getrandbits(128) for _ in range(3)]
+    draws = [a.random() for _ in range(10_000)]
+    assert all(0.0 <= d < 1.0 for d in draws) and 0.45 < sum(draws) / len(draws) < 0.55
+    assert all(2.0 <= a.uniform(2.0, 3.0) <= 3.0 for _ in range(100))
+    assert all(0 <= a.getrandbits(k) < 2**k for k in (0, 1, 63, 64, 65, 128) for _ in range(50))
+    assert not hasattr(a, "__dict__")  # one slot: what ten thousand agents can afford

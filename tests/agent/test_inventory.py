@@ -210,6 +210,8 @@ async def test_a_slow_scan_does_not_hold_check_ins(
     release = asyncio.Event()
 
     class SlowScan(SimulatedPlatform):
+        inventory_in_memory = False  # a scan that takes its time, as a rig's does
+
         async def installed_apps(self) -> list[AppRecord]:
             await release.wait()
             return [AppRecord(package_name="com.slow", version_code=1)]
