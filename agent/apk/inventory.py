@@ -229,7 +229,6 @@ class InventoryScanner:
         self.cache = InventoryCache(cache_path)
         self.cache.load()
         self._lock = asyncio.Lock()
-        self.parsed_total = 0
 
     async def scan(self) -> ScanResult:
         """Scan the tree under `root`; PlatformError when it cannot be listed."""
@@ -274,7 +273,6 @@ class InventoryScanner:
             self.cache.forget_missing({str(p) for p, s in stats.items() if s is not None})
             records, skipped = self._records(apps, stats)
             await asyncio.to_thread(self.cache.save)
-            self.parsed_total += len(todo)
             return ScanResult(records, len(todo), skipped)
 
     async def _parse(self, paths: list[str]) -> list[dict[str, Any]]:
