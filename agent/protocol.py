@@ -502,7 +502,7 @@ def inventory_hash_of(report: Mapping[str, Any]) -> str:
 
 
 def event_to_wire(event: ProfileEvent) -> dict[str, Any]:
-    """A profile event as `POST agent/events` takes it (the agent adds `id`, from its rng, and `at`)."""
+    """A profile event as `POST agent/events` takes it (the agent adds `id` and `at`)."""
     body: dict[str, Any] = {
         "profileUuid": event.profile,
         "kind": str(event.kind),
