@@ -1,0 +1,1 @@
+"""The simulator's pure part: a scenario expanded into a plan (no I/O, deterministic)."""
