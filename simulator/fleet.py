@@ -14,8 +14,8 @@ closes the kind's open push channels; the platform reports network `none` meanwh
 
 Clocks: the fleet shares one `ScaledClock(time_scale)`; a kind with a clock skew gets a
 `SkewedClock` over it (wall time off, same monotonic time and waits). Every exchange the
-transports time is on that scaled clock; `RealTime` hands the observer the same exchange in
-real seconds, so latencies are reported in real milliseconds.
+transports time is on that scaled clock (scenario seconds): the observer (simulator.metrics)
+divides by the time scale, so latencies are reported in real milliseconds.
 
 Every device's task is the fleet's (one TaskGroup); an agent that fails is caught here, in
 one place, and counted (`failed`, with its error), never taking the fleet down.
@@ -44,7 +44,7 @@ from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
 from agent.runtime.artifacts import ArtifactStore
 from agent.runtime.memory import MemoryOutbox, MemoryStateStore
-from agent.transport.base import Download, Exchange, Observer, PushChannel, Sink, Transport
+from agent.transport.base import Download, PushChannel, Sink, Transport
 from agent.transport.fleet import FleetTransports
 from simulator.plan.model import DeviceKind, Plan, PlannedDevice, PowerStep, Window
 
@@ -127,7 +127,7 @@ def apps_of(kind: DeviceKind) -> list[AppRecord]:
     ]
 
 
-# -- clocks and observers ---------------------------------------------------------------------
+# -- clocks ----------------------------------------------------------------------------------
 
 
 class SkewedClock(ScaledClock):
@@ -144,29 +144,6 @@ class SkewedClock(ScaledClock):
 
     def monotonic(self) -> float:
         return self._base.monotonic()
-
-
-class RealTime:
-    """An observer that passes exchanges timed on a ScaledClock on in real seconds (since the
-    clock's origin): `intended`, `started` and `duration` divided by the rate."""
-
-    __slots__ = ("inner", "rate")
-
-    def __init__(self, inner: Observer, rate: float) -> None:
-        self.inner, self.rate = inner, rate
-
-    def __call__(self, exchange: Exchange, /) -> None:
-        rate = self.rate
-        self.inner(
-            Exchange(
-                name=exchange.name,
-                intended=exchange.intended / rate,
-                started=exchange.started / rate,
-                duration=exchange.duration / rate,
-                status=exchange.status,
-                error=exchange.error,
-            )
-        )
 
 
 # -- offline windows ------------------------------------------------------------------------
