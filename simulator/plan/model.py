@@ -168,7 +168,7 @@ class Plan:
             "devices": [[d.index, d.serial, d.kind, d.arrive_s, d.seed] for d in self.devices],
             "device_columns": ["index", "serial", "kind", "arrive_s", "seed"],
             "timeline": [
-                {"at_s": a.at_s, "action": str(a.action), "args": _jsonable(a.args)}
+                {"at_s": a.at_s, "action": str(a.action), "args": json_value(a.args)}
                 for a in self.timeline
             ],
             "expectations": [{"name": e.name, "expr": e.expr} for e in self.expectations],
@@ -223,10 +223,10 @@ def _kind_json(kind: DeviceKind) -> dict[str, Any]:
     }
 
 
-def _jsonable(value: Any) -> Any:
-    """Mappings -> dicts, tuples -> lists (args hold only JSON values otherwise)."""
+def json_value(value: Any) -> Any:
+    """A plain JSON value: mappings (MappingProxyType too) -> dicts, tuples -> lists."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [json_value(v) for v in value]
     return value
