@@ -70,13 +70,15 @@ def ota_info(args: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ActionResult:
     """How one action went: `started_s` is scenario seconds after t0 (lateness = started_s -
-    at_s), `error` the one-line reason it failed, or None."""
+    at_s), `uuid` the server's id of what it made or changed (the runner tells the metrics a
+    profile's uuid from it), `error` the one-line reason it failed, or None."""
 
     at_s: float
     action: ActionKind
     name: str
     started_s: float
     duration_s: float
+    uuid: str | None = None  # what it made or changed: group, fileUuid, profile
     error: str | None = None
 
 
@@ -181,9 +183,10 @@ class Timeline:
         intended = self._t0 + action.at_s
         started = self.clock.monotonic()
         error: str | None = None
+        uuid: str | None = None
         with self.admin.intended_at(intended):
             try:
-                await self._perform(index, action)
+                uuid = await self._perform(index, action)
             except AdminError as exc:
                 error = str(exc)
             except KeyError as exc:  # a name whose own action failed earlier
@@ -194,6 +197,7 @@ class Timeline:
             name=_label(action),
             started_s=started - self._t0,
             duration_s=self.clock.monotonic() - started,
+            uuid=uuid,
             error=error,
         )
         self.results.append(result)
@@ -203,7 +207,8 @@ class Timeline:
         event("timeline.action", action=str(action.action), name=result.name, error=error)
         return result
 
-    async def _perform(self, index: int, action: AdminAction) -> None:
+    async def _perform(self, index: int, action: AdminAction) -> str | None:
+        """Run one action; the uuid of what it made or changed."""
         args = action.args
         kind = action.action
         if kind is ActionKind.CREATE_GROUP:
@@ -213,22 +218,24 @@ class Timeline:
                 parent_uuid=self.groups[parent] if parent is not None else None,
                 enabled=bool(args.get("enabled", True)),
             )
-            self.groups[args["name"]] = group["uuid"]
+            self.groups[args["name"]] = uuid = str(group["uuid"])
         elif kind is ActionKind.UPLOAD_APP:
-            content = self._blob(index, action)
+            filename = f"{args['package']}-{args['version_code']}.apk"
             app = await self.admin.upload_app(
-                content, f"{args['package']}-{args['version_code']}.apk", name=args["name"]
+                self._blob(index, action), filename, name=args["name"]
             )
-            self.apps[args["name"]] = app["fileUuid"]
+            self.apps[args["name"]] = uuid = str(app["fileUuid"])
         elif kind is ActionKind.UPLOAD_OTA:
-            content = self._blob(index, action)
             ota = await self.admin.upload_ota(
-                content, f"{args['name']}.zip", ota_info=ota_info(args), name=args["name"]
+                self._blob(index, action),
+                f"{args['name']}.zip",
+                ota_info=ota_info(args),
+                name=args["name"],
             )
-            self.otas[args["name"]] = ota["fileUuid"]
+            self.otas[args["name"]] = uuid = str(ota["fileUuid"])
         elif kind is ActionKind.SAVE_PROFILE:
             saved = await self.admin.save_profile(self.resolve(args["body"]))
-            self.profiles[args["name"]] = saved["uuid"]
+            self.profiles[args["name"]] = uuid = str(saved["uuid"])
         elif kind is ActionKind.EDIT_PROFILE:
             uuid = self.profiles[args["name"]]
             loaded = await self.admin.profile(uuid)
@@ -237,9 +244,12 @@ class Timeline:
             serials = [s for s in args.get("serials") or () if s in self._devices]
             await self.admin.save_devices(self._device_body(self._devices[s]) for s in serials)
             self.resaved.update(serials)
-        elif kind is ActionKind.REVOKE_TOKENS:
+            return None
+        else:  # revoke_tokens
             await self.admin.logout()
             await self.admin.login()
+            return None
+        return uuid
 
     def _blob(self, index: int, action: AdminAction) -> bytes:
         """The artifact made in setup (made now if this timeline had none)."""

@@ -129,10 +129,12 @@ def _profile_text(body: Mapping[str, Any]) -> str:
         parts.append("install " + ", ".join(str(i.get("app")) for i in installs))
     if body.get("otas"):
         parts.append("images " + ", ".join(body["otas"]))
-    settings = (body.get("settings") or {}).get("otas") or {}
-    flags = [key for key, value in settings.items() if value is True]
+    settings = dict(body.get("settings") or {})
+    flags = [key for key, value in (settings.pop("otas", None) or {}).items() if value is True]
     if flags:
         parts.append(", ".join(flags))
+    if settings:
+        parts.append("settings " + ", ".join(sorted(settings)))
     profile = body.get("profile") or {}
     if profile.get("wakeToApply"):
         parts.append("wakeToApply")
