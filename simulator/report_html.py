@@ -23,16 +23,21 @@ def page_data(report: Mapping[str, Any]) -> dict[str, Any]:
     the plan's device list)."""
     plan = report.get("scenario", {}).get("plan", {})
     mismatches = report.get("consistency", {}).get("mismatches", [])
-    return {
-        "scenario": {k: v for k, v in report.get("scenario", {}).items() if k != "plan"},
-        "admin_timeline": [
+    admin = report.get("admin_timeline")  # the runner's: what each action did, and when
+    if not isinstance(admin, list):
+        admin = [
             {
                 "at_s": a.get("at_s"),
                 "action": a.get("action"),
                 "name": a.get("args", {}).get("name"),
             }
             for a in plan.get("timeline", [])
-        ],
+        ]
+    fleet = report.get("fleet")
+    return {
+        "scenario": {k: v for k, v in report.get("scenario", {}).items() if k != "plan"},
+        "admin_timeline": admin,
+        "fleet": fleet if isinstance(fleet, Mapping) else {},
         **{
             key: report.get(key)
             for key in (
@@ -509,8 +514,19 @@ TEMPLATE = r"""<!DOCTYPE html>
       rows.push(["version " + k, R.versions[k]]);
     });
     Object.keys(R.events || {}).forEach(function (k) { rows.push(["events " + k, R.events[k]]); });
+    var f = R.fleet || {};
+    if (f.start_lag_ms) { rows.push(["start lag p50 / p99 / max ms", three(f.start_lag_ms)]); }
+    ["checkins", "checkin_failures", "consistency_settled"].forEach(function (k) {
+      if (f[k] !== undefined) { rows.push(["fleet " + k.replace(/_/g, " "), fmt(f[k])]); }
+    });
+    (f.agent_errors || []).forEach(function (e) {
+      rows.push(["agent error " + e.serial, e.error]);
+    });
     (R.admin_timeline || []).forEach(function (a) {
-      rows.push(["admin at " + fmt(a.at_s) + " s", a.action + (a.name ? " " + a.name : "")]);
+      var what = a.action + (a.name ? " " + a.name : "");
+      if (a.started_s !== undefined) { what += " (began at " + fmt(a.started_s) + " s)"; }
+      if (a.error) { what += ": " + a.error; }
+      rows.push([{text: "admin at " + fmt(a.at_s) + " s", cls: a.error ? "fail" : ""}, what]);
     });
     (R.warnings || []).forEach(function (w) { rows.push([{text: "warning", cls: "fail"}, w]); });
     table("run-table", ["", ""], rows.map(function (r) {

@@ -314,6 +314,21 @@ def test_the_page_draws_in_headless_chromium(tmp_path: Path, saturated: bool) ->
     screenshot is kept next to it."""
     assert chromium() is not None, "CI=true: chromium must be installed (.ci/run installs it)"
     r = build(run_metrics(lag_s=0.04 if saturated else 0.0005).snapshot())
+    r["fleet"] = {  # what the runner adds beside §9's keys
+        "start_lag_ms": {"p50": 0.1, "p99": 0.5, "max": 0.9},
+        "checkins": 900,
+        "agent_errors": [{"serial": "SIM00003", "error": "boom"}],
+    }
+    r["admin_timeline"] = [
+        {
+            "at_s": 5.0,
+            "action": "save_profile",
+            "name": "rollout",
+            "started_s": 5.01,
+            "error": None,
+        },
+        {"at_s": 9.0, "action": "edit_profile", "name": "x", "started_s": 9.0, "error": "40900"},
+    ]
     _, html_path = report.write(tmp_path / "report", r)
     dom = browse(html_path, tmp_path / "profile-dom", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -324,6 +339,7 @@ def test_the_page_draws_in_headless_chromium(tmp_path: Path, saturated: bool) ->
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
     assert not [line for line in console if "rror" in line or "Uncaught" in line], console
     assert dom.stdout.count("<svg") == 5
+    assert "began at 5.010 s" in dom.stdout and "edit_profile x (began at 9 s): 40900" in dom.stdout
     assert dom.stdout.count("<path") > 10  # lines and axes were drawn
     assert "<rect" in dom.stdout  # the latency bars
     shot = tmp_path / "report" / "report.png"
