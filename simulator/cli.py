@@ -1,26 +1,240 @@
-"""`midm-sim`: the fleet simulator's command line (run, merge).
+"""`midm-sim`: the fleet simulator's command line (§8): run, validate, merge.
 
-Only the help exists until the simulator lands; every command says so and exits 2.
+    midm-sim run [SCENARIO.toml] [--target URL --api-key K --admin-email E --admin-password P]
+                 [--allow-remote] [--devices N] [--duration S] [--seed N] [--time-scale X]
+                 [--report DIR] [--no-progress]
+    midm-sim validate SCENARIO.toml
+
+Exit status: 0 every expectation held; 1 an expectation failed (each named on stderr); 2 bad
+scenario or settings (one line); 3 the run could not be done (target unreachable, embedded
+server failed, generator crashed); 130 interrupted (Ctrl-C: the partial report is written).
+Errors are one line `midm-sim: error: ...`, never a traceback. Without SCENARIO, `run` takes
+`scenarios/quickstart.toml` (next to the installed package, or in the current folder). Target
+credentials may also come from MIDM_API_KEY, MIDM_ADMIN_EMAIL and MIDM_ADMIN_PASSWORD (flags
+win); this module is the simulator's only reader of the environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import structlog
 
 from simulator import __version__
+from simulator.errors import SettingsError, SimulatorError
 
-COMMANDS = ("run", "merge")
+log = structlog.get_logger("simulator.cli")
+COMMANDS = ("run", "validate", "merge")
+NOT_YET = ("workers", "shard", "metrics_port")  # accepted, refused: "not available yet"
+INTERRUPTED = 130
+QUICKSTART = "quickstart.toml"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (exit 2), without the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="midm-sim", description="MiDM fleet simulator.")
+    parser = _Parser(prog="midm-sim", description="MiDM fleet simulator.")
     parser.add_argument("--version", action="version", version=f"midm-sim {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
-    for name in COMMANDS:
-        commands.add_parser(name, help=f"{name} (not implemented yet)")
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="error",
+        help="the log on stderr (default: error; the agents' info lines are many)",
+    )
+    commands = parser.add_subparsers(
+        dest="command", metavar="{" + ",".join(COMMANDS) + "}", parser_class=_Parser
+    )
+    run = commands.add_parser("run", help="run a scenario against a MiDM backend")
+    run.add_argument("scenario", nargs="?", type=Path, help="scenario file (default: quickstart)")
+    run.add_argument("--target", help="base URL of the backend (default: an embedded server)")
+    run.add_argument("--api-key", help="the site's API key for agents (or MIDM_API_KEY)")
+    run.add_argument("--admin-email", help="an admin of the site (or MIDM_ADMIN_EMAIL)")
+    run.add_argument("--admin-password", help="that admin's password (or MIDM_ADMIN_PASSWORD)")
+    run.add_argument(
+        "--allow-remote", action="store_true", help="allow a --target that is not loopback"
+    )
+    run.add_argument("--devices", type=_positive_int, help="fleet size (scales every kind)")
+    run.add_argument("--duration", type=_positive_float, help="scenario seconds to run")
+    run.add_argument("--seed", type=_int, help="the plan's seed (default: the scenario's)")
+    run.add_argument("--time-scale", type=_positive_float, help="run schedules X times faster")
+    run.add_argument("--report", type=Path, help="report folder (default ./sim-report/<time>)")
+    run.add_argument("--no-progress", action="store_true", help="plain lines, no live display")
+    run.add_argument("--workers", type=_positive_int, help="worker processes (not available yet)")
+    run.add_argument("--shard", help="I/N: run shard I of N (not available yet)")
+    run.add_argument("--metrics-port", type=int, help="Prometheus figures (not available yet)")
+    validate = commands.add_parser("validate", help="check a scenario and print its plan")
+    validate.add_argument("scenario", type=Path)
+    validate.add_argument("--devices", type=_positive_int)
+    validate.add_argument("--duration", type=_positive_float)
+    validate.add_argument("--seed", type=_int)
+    validate.add_argument("--time-scale", type=_positive_float)
+    merge = commands.add_parser("merge", help="merge the reports of a run's shards")
+    merge.add_argument("reports", nargs="+", type=Path)
+    merge.add_argument("--report", type=Path, required=True)
     return parser
+
+
+def default_scenario() -> Path:
+    """scenarios/quickstart.toml: shipped inside the package, next to it (an editable install
+    or a checkout), or in the current folder."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "scenarios", package.parent / "scenarios", Path("scenarios")):
+        candidate = folder / QUICKSTART
+        if candidate.is_file():
+            return candidate
+    raise SettingsError(
+        f"no SCENARIO given and scenarios/{QUICKSTART} was not found next to the package or in "
+        "the current folder; give a scenario file"
+    )
+
+
+def run_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
+    """The runner's settings from the command line and the environment (SettingsError)."""
+    from simulator.runner import RunSettings, check_target
+
+    for name in NOT_YET:
+        if getattr(args, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise SettingsError(f"{flag}: not available yet (one worker process, no shards)")
+    api_key = args.api_key or env.get("MIDM_API_KEY") or None
+    email = args.admin_email or env.get("MIDM_ADMIN_EMAIL") or None
+    password = args.admin_password or env.get("MIDM_ADMIN_PASSWORD") or None
+    if args.target is not None:
+        check_target(args.target, allow_remote=args.allow_remote)
+        missing = [
+            flag
+            for flag, value in (
+                ("--api-key", api_key),
+                ("--admin-email", email),
+                ("--admin-password", password),
+            )
+            if not value
+        ]
+        if missing:
+            raise SettingsError(f"--target needs {', '.join(missing)} (or their MIDM_* variables)")
+    return RunSettings(
+        scenario=args.scenario or default_scenario(),
+        target=args.target,
+        api_key=api_key,
+        admin_email=email,
+        admin_password=password,
+        devices=args.devices,
+        duration_s=args.duration,
+        seed=args.seed,
+        time_scale=args.time_scale,
+        report_dir=args.report,
+        progress=not args.no_progress,
+    )
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (faster for thousands of agents), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run `main(stop)` on uvloop if available. The first SIGINT/SIGTERM sets `stop` (the run
+    ends cleanly and writes its partial report); a second cancels it outright (the embedded
+    server is still stopped)."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        loop = runner.get_loop()
+        stop = asyncio.Event()
+        task: asyncio.Task[int] | None = None
+
+        def interrupt() -> None:
+            if not stop.is_set():
+                sys.stderr.write("midm-sim: stopping (Ctrl-C again to abort)\n")
+                stop.set()
+            elif task is not None:
+                task.cancel()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, interrupt)
+
+        async def wrapper() -> int:
+            nonlocal task
+            task = asyncio.current_task()
+            return await main(stop)
+
+        try:
+            return runner.run(wrapper())
+        except asyncio.CancelledError:
+            sys.stderr.write("midm-sim: aborted\n")
+            return INTERRUPTED
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from simulator import runner
+
+    settings = run_settings(args, os.environ)
+    plan = runner.plan_of(settings)  # bad scenario: exit 2 before anything starts
+    return run_async(lambda stop: runner.main(settings, plan, stop))
+
+
+def command_validate(args: argparse.Namespace) -> int:
+    from simulator import runner
+    from simulator.plan.render import render
+
+    settings = runner.RunSettings(
+        scenario=args.scenario,
+        devices=args.devices,
+        duration_s=args.duration,
+        seed=args.seed,
+        time_scale=args.time_scale,
+    )
+    sys.stdout.write(render(runner.plan_of(settings)))
+    return 0
+
+
+def command_merge(args: argparse.Namespace) -> int:
+    raise SettingsError("merge: not available yet (one worker process, no shards)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,8 +243,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    sys.stderr.write(f"midm-sim: error: '{args.command}' is not implemented yet in this version\n")
-    return 2
+    from midm_common.logsetup import configure_logging
+
+    configure_logging(args.log_level)
+    commands = {"run": command_run, "validate": command_validate, "merge": command_merge}
+    try:
+        return commands[args.command](args)
+    except SimulatorError as exc:
+        sys.stderr.write(f"midm-sim: error: {exc}\n")
+        return exc.exit_code
+    except Exception as exc:  # one line, not a traceback (exit 3)
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, SimulatorError):
+            sys.stderr.write(f"midm-sim: error: {leaf}\n")
+            return leaf.exit_code
+        sys.stderr.write(f"midm-sim: error: the generator crashed: {type(leaf).__name__}: {leaf}\n")
+        log.debug("sim.crashed", exc_info=leaf)  # the traceback with --log-level debug
+        return 3
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import structlog
 
 from agent.core.checkin import inventory_hash
 from agent.errors import AgentError
+from simulator.admin import AdminError
 from simulator.fleet import Device
 
 log = structlog.get_logger("simulator.consistency")
@@ -254,7 +255,7 @@ async def check(
         async with gate:
             try:
                 apps[serial] = apps_of_wire(await server.installed_apps(serial))
-            except AgentError as exc:
+            except AdminError as exc:
                 errors.append(f"{serial}: {exc}")
 
     await asyncio.gather(*(read(b.serial) for b in beliefs if b.enrolled and b.serial in uuid_of))

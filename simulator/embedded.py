@@ -92,17 +92,21 @@ async def embedded_server(
         )
         assert process.stderr is not None
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        draining: asyncio.Task[None] | None = None
         try:
             url = await _until_listening(process.stderr, tail, start_timeout_s)
-            async with asyncio.TaskGroup() as group:
-                group.create_task(_drain(process.stderr, tail))  # the pipe must never fill up
-                try:
-                    yield EmbeddedServer(
-                        url=url, credentials=credentials, pid=process.pid, db_path=db
-                    )
-                finally:
-                    await stop(process)
+            # the pipe must never fill up; this context owns the task (not a TaskGroup: the
+            # body's own exception must come out as it is, not in a group)
+            draining = asyncio.ensure_future(_drain(process.stderr, tail))
+            try:
+                yield EmbeddedServer(url=url, credentials=credentials, pid=process.pid, db_path=db)
+            finally:
+                await stop(process)
         finally:
+            if draining is not None:
+                draining.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await draining
             if process.returncode is None:  # it never listened, or we were cancelled early
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()

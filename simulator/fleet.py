@@ -276,9 +276,10 @@ class KindDriver:
         platform.is_sleeping = state.sleeping
         platform.network_type = "none" if state.offline else self.kind.network
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, t0: float) -> None:
+        """Apply each change at `t0 + t` on the clock until `stop` is set."""
         for t in change_times(self.kind):
-            if await self.clock.wait_for(stop, t - self.clock.monotonic()):
+            if await self.clock.wait_for(stop, t0 + t - self.clock.monotonic()):
                 return
             state = state_at(self.kind, t)
             going_offline = state.offline and not self.current.offline
@@ -367,22 +368,26 @@ class Fleet:
         driver.attach(platform)
         return Device(planned, agent, platform)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, *, t0: float | None = None) -> None:
+        """Run the fleet from `t0` on the clock (default: now; the plan's times count from
+        there) until `stop` is set and every agent has stopped."""
+        start = self.clock.monotonic() if t0 is None else t0
         async with asyncio.TaskGroup() as group:
             for driver in self.drivers.values():
-                group.create_task(driver.run(stop), name=f"kind-{driver.kind.name}")
-            await self._arrivals(group, stop)
+                group.create_task(driver.run(stop, start), name=f"kind-{driver.kind.name}")
+            await self._arrivals(group, stop, start)
 
-    async def _arrivals(self, group: asyncio.TaskGroup, stop: asyncio.Event) -> None:
+    async def _arrivals(self, group: asyncio.TaskGroup, stop: asyncio.Event, t0: float) -> None:
         """Start each device at its planned time (open model: no device waits for another)."""
         clock, rate = self.clock, self.clock.rate
         for planned in self.plan.devices:
-            delay = planned.arrive_s - clock.monotonic()
+            delay = t0 + planned.arrive_s - clock.monotonic()
             if delay > 0 and await clock.wait_for(stop, delay):
                 return
             if stop.is_set():
                 return
-            self._lags.append(max(0.0, clock.monotonic() - planned.arrive_s) / rate * 1000)
+            late = clock.monotonic() - t0 - planned.arrive_s
+            self._lags.append(max(0.0, late) / rate * 1000)
             try:
                 device = self.make_device(planned)
             except Exception as exc:  # noqa: BLE001 - one device's failure is a statistic
@@ -409,6 +414,11 @@ class Fleet:
 
     def __iter__(self) -> Iterator[Device]:
         return iter(self.devices)
+
+    @property
+    def up(self) -> int:
+        """Agents running now."""
+        return self._running
 
     def websockets(self) -> int:
         return sum(1 for d in self.devices if d.agent.push_connected)
