@@ -4,10 +4,11 @@
 uploads (off the event loop), runs the actions at `at_s` 0 (the groups devices are saved in, and
 whatever else is due at once), then saves every planned device in bulk into its kind's group, so
 that agents need only register. `run(stop)` runs the rest in time order, each at `t0 + at_s` on
-the injected Clock (the runner's ScaledClock, a FakeClock in tests), the first request of each
-action intended at that time. Names are resolved to the server's uuids as they are created.
-An action the server refuses during the run is recorded (with the admin request's error in the
-metrics) and the timeline goes on; a failure in setup is raised: the run cannot be done.
+the admin client's Clock (the runner's ScaledClock, the agents' too; a FakeClock in tests), the
+first request of each action intended at that time. Names are resolved to the server's uuids
+as they are created. An action the server refuses during the run is recorded (the admin
+request's error goes to the metrics too) and the timeline goes on; a failure in setup is
+raised: the run cannot be done.
 """
 
 from __future__ import annotations
@@ -111,12 +112,12 @@ class Timeline:
         self,
         plan: Plan,
         admin: AdminClient,
-        clock: Clock,
         *,
         artifacts: Artifacts | None = None,
         on_action: Callable[[ActionResult], None] | None = None,
     ) -> None:
-        self.plan, self.admin, self.clock = plan, admin, clock
+        self.plan, self.admin = plan, admin
+        self.clock: Clock = admin.clock  # one clock for the schedule and the requests' times
         self.on_action = on_action
         self.artifacts: Artifacts = artifacts or GeneratedArtifacts()
         self.groups: dict[str, str] = {}
