@@ -48,6 +48,24 @@ class EmbeddedServer:
     pid: int
     db_path: Path
 
+    def cpu_s(self) -> float | None:
+        """The server process's CPU time so far (user + system), where /proc tells it."""
+        return process_cpu_s(self.pid)
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of process `pid` from /proc (None where there is none)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[-1].split()  # after "pid (comm)": state is fields[0]
+    try:
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
+    except (IndexError, ValueError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
 
 def new_credentials() -> Credentials:
     return Credentials(

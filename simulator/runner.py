@@ -46,7 +46,7 @@ from agent.transport.fleet import FleetTransports
 from simulator import progress, report
 from simulator.admin import AdminClient, AdminRefused, AdminUnauthorized
 from simulator.consistency import check, settle
-from simulator.embedded import embedded_server
+from simulator.embedded import EmbeddedServer, embedded_server
 from simulator.errors import RunError, SettingsError
 from simulator.fleet import Fleet, FleetSettings
 from simulator.metrics import Metrics
@@ -61,6 +61,7 @@ REQUEST_TIMEOUT_S = 10.0  # an agent's request, connect to last byte
 ADMIN_TIMEOUT_S = 30.0  # an admin call (uploads of images take longer)
 SAMPLE_S = 0.25  # open WebSockets are counted this often (real seconds)
 PROGRESS_S = 1.0
+SUMMARY_WIDTH = 120
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 FDS_PER_DEVICE = 2  # a push channel and a pooled connection
 FDS_SPARE = 512
@@ -219,8 +220,17 @@ async def probe(url: str) -> None:
 async def main(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> int:
     """Run, print the summary and the failed expectations; the exit status."""
     outcome = await execute(settings, plan, stop)
-    report.print_summary(outcome.report, Console(soft_wrap=True))
+    # off a terminal rich assumes 80 columns: the endpoint names would be cut
+    console = Console() if sys.stdout.isatty() else Console(width=SUMMARY_WIDTH)
+    report.print_summary(outcome.report, console)
     out = sys.stdout
+    server = outcome.report.get("server")
+    if server:
+        generator = outcome.report["generator"]
+        out.write(
+            f"cpu: generator {generator['cpu_s']} s ({generator['cpu_share']} of the run), "
+            f"embedded server {server['cpu_s']} s ({server['cpu_share']})\n"
+        )
     out.write(f"report: {outcome.directory / report.JSON_NAME}\n")
     out.write(f"        {outcome.directory / report.HTML_NAME}\n")
     for failed in outcome.failed:
@@ -240,6 +250,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
     directory = settings.report_dir or default_report_dir(started_ms)
     raise_open_files(len(plan.devices))
     async with contextlib.AsyncExitStack() as stack:
+        server: EmbeddedServer | None = None
         if settings.target is None:
             server = await stack.enter_async_context(
                 embedded_server(checkin_interval_s=checkin_interval(plan))
@@ -275,6 +286,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
         await timeline.setup()
 
         t0 = clock.monotonic()
+        server_cpu_t0 = server.cpu_s() if server is not None else None
         metrics = Metrics(time.monotonic, time_scale=plan.time_scale)
         relay.attach(metrics.observe)
 
@@ -323,6 +335,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
                 ended.set()
         duration_s = time.monotonic() - real_start
         snapshot = metrics.snapshot()
+        server_cpu = _cpu_since(server, server_cpu_t0)
         log.info("runner.stopped", seconds=round(duration_s, 3), interrupted=interrupted)
 
         settled = await settle(fleet.devices, also=timeline.resaved)
@@ -357,6 +370,12 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
             "agent_errors": [{"serial": s, "error": e} for s, e in stats.errors],
             "consistency_settled": settled,
         }
+        if server_cpu is not None:
+            built["server"] = {
+                "process": "embedded midm-server",
+                "cpu_s": round(server_cpu, 3),
+                "cpu_share": round(server_cpu / duration_s, 3) if duration_s > 0 else None,
+            }
         built["admin_timeline"] = [
             {
                 "at_s": r.at_s,
@@ -369,6 +388,12 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
         ]
         report.write(directory, built)
     return Outcome(report=built, directory=directory, interrupted=interrupted)
+
+
+def _cpu_since(server: EmbeddedServer | None, start: float | None) -> float | None:
+    """The embedded server's CPU seconds since `start` (None: not measurable)."""
+    now = server.cpu_s() if server is not None else None
+    return None if now is None or start is None else now - start
 
 
 async def _count_websockets(fleet: Fleet, metrics: Metrics, ended: asyncio.Event) -> None:

@@ -145,6 +145,8 @@ def test_a_small_fleet_runs_end_to_end(scenario: Path, tmp_path: Path) -> None:
     assert {"cpu_s", "rss_mb", "send_lag_ms", "saturated"} <= set(report["generator"])
     assert all(e["passed"] for e in report["expectations"])
     assert (tmp_path / "r" / "report.html").is_file()
+    if Path("/proc/self/stat").exists():  # the embedded server's CPU, beside the generator's
+        assert report["server"]["cpu_s"] > 0
     assert port_closed(report["target"])
 
 
