@@ -1,88 +1,147 @@
 """Scenario files: TOML (stdlib `tomllib`) validated into a typed Scenario (simulator/plan/spec.py).
 
 Every mistake is one ScenarioError, printed as one line `FILE:LINE: KEY: what is wrong`
-(unknown key, wrong type, negative count, a name that nothing defines, a snapshot file that is
-not one). tomllib gives no line numbers, so `Locator` finds each key's line in the text itself.
-Times are scenario seconds from the run's start; the scenario's own keys are snake_case, while
-profile bodies keep the protocol's (camelCase) names.
+(unknown key, wrong type, negative count, a name that nothing defines, an expectation naming an
+unknown metric or profile, a snapshot file that is not one); `midm-sim` exits 2 with it.
+tomllib gives no line numbers, so simulator/toml_fields.py finds each key's line in the text.
+Rules: times are scenario seconds from the run's start (--time-scale X runs them X times
+faster); the scenario's own keys are snake_case, profile bodies keep the protocol's (camelCase)
+names; a name (group, app, image, profile) must be defined by the catalog or by an earlier
+timeline action before it is used; the scenario's own fleet must be due to arrive within
+duration_s. Before the run starts the actions at at_s 0 run and every device is saved in its
+kind's group, so agents need only register.
 
-Schema (every key optional unless marked *required*):
+Schema: every key optional unless marked *required*; this block is itself a valid scenario
+(tests/simulator/test_scenario.py parses it), alternatives are in comments.
 
     [scenario]
-    name = "quickstart"        # default: the file's stem
-    description = "..."
-    duration_s = 40            # *required*, > 0: the run stops by itself then (--duration)
+    name = "example"           # default: the file's stem
+    description = "one line"
+    duration_s = 60            # *required*, > 0: the run stops by itself then (--duration)
     time_scale = 1.0           # > 0: schedules run this many times faster (--time-scale)
     seed = 1                   # the default --seed
-    devices = 1000             # the fleet's total; *required* when a kind has a share (--devices
-                               # N scales every kind to N, keeping their proportions)
+    devices = 1000             # the fleet's total: *required* when a kind has a share; default
+                               # the sum of the counts (--devices N scales every kind to N)
     serial_prefix = "SIM-"     # device i's serial is PREFIX + i, zero-padded to 6 digits
 
-    [catalog.apps.NAME]        # generated APKs, by NAME (installed apps and upload_app use it)
+    [catalog.apps.kiosk-1]     # generated, signed APKs by name (kinds' apps and upload_app)
     package = "com.example.kiosk"      # *required*
     version_code = 1                   # *required*, >= 1
     version_name = "1.0"               # default: str(version_code)
     label = "Kiosk"                    # default: the package's last part
 
-    [catalog.otas.NAME]        # generated OTA images, by NAME (upload_ota and profiles use it)
-    post_build = "acme/kiosk/k1:13/B2/2:user/release-keys"   # *required*: the fingerprint after
-    pre_build = "..."          # a partial (incremental) image from that fingerprint; none: full
-    build_date = 1700000000    # *required*: epoch seconds of the new build
-    device_id = "k1"           # *required*: the devices it is for (the zip's pre-device)
-    product_id = ""; sku_id = ""
-    ab_update = false          # A/B (seamless) image
-    type = "base"              # base | region
-    size_kb = 64               # payload size
+    [catalog.apps.kiosk-2]
+    package = "com.example.kiosk"
+    version_code = 2
 
-    [kinds.NAME]               # one table per kind of device; at least one
-    count = 800                # devices of this kind, >= 0; or
-    share = 0.8                # a share (0..1] of what counts leave of [scenario].devices;
-                               # shares add up to 1
-    snapshot = "dev.json"      # a `midm-agent snapshot` file (relative to the scenario): its
-                               # hardware_info, build, apps, power and network are the defaults
-    manufacturer = "Acme"; brand = "Acme"; model = "K1"   # model *required* without a snapshot
-    apps = ["kiosk-1"]         # installed apps: catalog app names (added to a snapshot's)
-    network = "wifi"           # wifi | ethernet | mobile | none
-    push = true                # hold the WebSocket push channel
-    clock_skew_s = 0.0         # the device's clock runs this far ahead (negative: behind)
-    checkin_interval_s = 60    # > 0; default: the agent's until the server says
-    group = "stores"           # the group its devices are saved in (created at at_s = 0)
-    sleep = [[30, 60]]         # windows [start_s, end_s) the device sleeps, ordered
-    offline = [[90, 100]]      # windows the device cannot reach the network, ordered
-    power = [{at_s = 0, ac = false, battery = 40}, {at_s = 30, ac = true}]
+    [catalog.otas.k1-b2]       # generated OTA zips by name (upload_ota and profiles' otas)
+    post_build = "acme/k1/k1:14/B2/2:user/release-keys"  # *required*: the build it installs
+    # pre_build = "acme/k1/k1:14/B1/1:user/release-keys" # a partial image from that build
+    build_date = 1706745600    # *required*: epoch seconds of the new build
+    device_id = "k1"           # *required*: the devices it is for (the zip's pre-device)
+    product_id = "k1_eu"
+    sku_id = ""
+    ab_update = true           # an A/B (seamless) image
+    type = "base"              # base | region
+    size_kb = 64               # its payload's size
+
+    [kinds.kiosk]              # one table per kind of device; at least one
+    share = 0.8                # a share of what the counts leave of `devices` (shares add up
+                               # to 1); or count = 800 (>= 0)
+    # snapshot = "tc52.json"   # a `midm-agent snapshot` file (relative to the scenario): its
+                               # hardware_info (not the serial), build, apps, power and network
+                               # are the kind's defaults; the keys below override them
+    manufacturer = "Acme"
+    brand = "Acme"
+    model = "K1"               # *required* without a snapshot
+    apps = ["kiosk-1"]         # installed apps, by catalog name (added to a snapshot's)
+    network = "ethernet"       # wifi | ethernet | mobile | none
+    push = true                # holds the WebSocket push channel
+    clock_skew_s = 0.0         # its clock runs this far ahead (negative: behind)
+    checkin_interval_s = 60    # > 0; default: the agent's, until the server says
+    group = "stores"           # the group its devices are saved in (created at at_s 0)
+    sleep = [[30, 40]]         # windows [start_s, end_s) it sleeps, in order
+    offline = [[45, 50]]       # windows it cannot reach the network, in order
+    power = [{ at_s = 0, ac = false, battery = 40 }, { at_s = 20, ac = true }]
                                # power over time, at_s increasing; before the first: AC, 100 %;
                                # battery omitted: the previous step's (0..100)
-    [kinds.NAME.build]         # the build its check-ins report
-    fingerprint = ""; build_date = 1690000000; display_id = ""; sdk = ""
-    device_id = ""; product_id = ""; sku_id = ""; customer_id = ""
-    ab_update = false; region = ""
 
-    [arrival]                  # *required*: the open model (each device has an intended start)
+    [kinds.kiosk.build]        # the build its check-ins report
+    fingerprint = "acme/k1/k1:14/B1/1:user/release-keys"
+    build_date = 1701475200    # epoch seconds
+    display_id = ""
+    sdk = "34"
+    device_id = "k1"
+    product_id = "k1_eu"
+    sku_id = ""
+    customer_id = ""
+    ab_update = true
+    region = ""
+
+    [kinds.tablet]
+    share = 0.2
+    model = "T8"
+
+    [arrival]                  # *required*: the open model (each device has its intended start)
     process = "poisson"        # poisson (exponential gaps) | even
-    start_s = 0                # the first arrivals' earliest time
-    rate = 100                 # devices per second, > 0, ...
-    ramp_s = 2                 # ... reached by a linear ramp from 0 over ramp_s seconds; or
-    phases = [{duration_s = 5, from = 0, to = 200}, {duration_s = 5, rate = 200}]
-                               # rate ramps piecewise (`rate` = from = to); the last rate holds
+    start_s = 0                # the earliest arrival
+    rate = 100                 # devices per second (> 0), reached by a linear ramp from 0 over
+    ramp_s = 2                 # ramp_s seconds; or phases, each ramping linearly (the last rate
+                               # holds after them):
+    # phases = [{ duration_s = 5, from = 0, to = 200 }, { duration_s = 5, rate = 200 }]
 
-    [[timeline]]               # admin actions; each needs at_s (>= 0) and action
+    [[timeline]]               # admin actions in at_s order (ties: the file's), each at_s >= 0
     at_s = 0
-    action = "create_group"    # name *required*; parent = a group created before; enabled = true
-    # action = "upload_app"      app = catalog app NAME *required*
-    # action = "upload_ota"      ota = catalog image NAME *required*
-    # action = "save_profile"    name *required* (unique); [timeline.body] *required*: the
-    #     protocol's Profile body (isGlobal, profile{...}, scope{group, device}, apps{install},
-    #     otas, schedule_date, settings) with names in place of uuids: scope.group = group names,
-    #     apps.install = [{app = NAME, silent_install = true, ...}], otas = [image NAMEs]
-    # action = "edit_profile"    name = a saved profile *required*; [timeline.changes]
-    #     *required*: merged into the loaded profile (tables key by key, lists replaced)
-    # action = "resave_devices"  kind = NAME, count = N | share = 0.1, serials = [...]: saved
-    #     again (the server resets them and revokes their tokens); drawn from those arrived
-    # action = "revoke_tokens"   the admin's access token is revoked and the timeline logs in again
+    action = "create_group"
+    name = "stores"            # *required*, unique
+    # parent = "emea"          # a group created before: a child group
+    enabled = true
 
-    [expectations]             # NAME = "expression" (simulator/expectations.py), checked at
-    converged = 'convergence("rollout").t99_s < 30'    # the end; convergence("P") must name
-    fast = 'requests["checkin"].p99_ms < 50'           # a profile the timeline saves
+    [[timeline]]
+    at_s = 10
+    action = "upload_app"
+    app = "kiosk-2"            # *required*: a catalog app (uploaded once)
+
+    [[timeline]]
+    at_s = 10
+    action = "upload_ota"
+    ota = "k1-b2"              # *required*: a catalog image (uploaded once)
+
+    [[timeline]]
+    at_s = 12
+    action = "save_profile"
+    name = "rollout"           # *required*, unique: the profile's name
+
+    [timeline.body]            # *required*: the protocol's Profile body, names for uuids
+    scope = { group = ["stores"] }     # group names (child groups included); device = serials
+    apps = { install = [{ app = "kiosk-2", silent_install = true }] }   # app = a name
+    otas = ["k1-b2"]                   # image names
+    settings = { otas = { need_ac = true, partialFirst = true } }
+    profile = { wakeToApply = false }  # isGlobal, schedule_date, ... as the protocol has them
+
+    [[timeline]]
+    at_s = 30
+    action = "edit_profile"
+    name = "rollout"           # *required*: a profile saved before
+    changes = { settings = { otas = { need_ac = false } } }
+                               # *required*: merged into the loaded profile (tables key by
+                               # key, lists and values replaced), names as in body
+
+    [[timeline]]
+    at_s = 40
+    action = "resave_devices"  # saved again: the server resets them and revokes their tokens
+    kind = "kiosk"             # drawn (by the seed) from this kind's devices arrived by then
+    count = 5                  # or share = 0.01; and/or serials = ["SIM-000001"]
+
+    [[timeline]]
+    at_s = 50
+    action = "revoke_tokens"   # the admin's access token is revoked; the timeline logs in again
+
+    [expectations]             # NAME = "expression", checked on the report at the end; the
+                               # language and its metrics: simulator/expectations.py
+    converged = 'convergence("rollout").t99_s < 30'    # "rollout": a profile saved above
+    fast = 'requests["checkin"].p99_ms < 50'
+    clean = 'errors.rate < 0.001 and consistency.mismatches == 0'
 """
 
 from __future__ import annotations

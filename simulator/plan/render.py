@@ -130,7 +130,10 @@ def _profile_text(body: Mapping[str, Any]) -> str:
     if body.get("otas"):
         parts.append("images " + ", ".join(body["otas"]))
     settings = dict(body.get("settings") or {})
-    flags = [key for key, value in (settings.pop("otas", None) or {}).items() if value is True]
+    otas = settings.pop("otas", None) or {}
+    flags = [
+        key if value else f"no {key}" for key, value in otas.items() if isinstance(value, bool)
+    ]
     if flags:
         parts.append(", ".join(flags))
     if settings:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from agent import protocol
 from agent.models import AppRecord
+from simulator import scenario as scenario_module
 from simulator.plan.model import ActionKind, AppSpec, PowerStep, Window
 from simulator.plan.spec import ArrivalProcess
 from simulator.scenario import ScenarioError, load, parse
@@ -60,6 +62,16 @@ def test_quickstart_is_a_short_run_of_a_thousand_devices() -> None:
     assert {k.kind.group for k in scenario.kinds} <= {
         a.args["name"] for a in scenario.timeline if a.action is ActionKind.CREATE_GROUP
     }
+
+
+def test_the_schema_in_the_docstring_is_a_valid_scenario() -> None:
+    """The schema simulator/scenario.py documents (and the README copies) parses as is."""
+    doc = scenario_module.__doc__ or ""
+    text = textwrap.dedent(doc[doc.index("    [scenario]") :])
+    scenario = parse(text.encode(), file="schema.toml")
+    assert [k.kind.name for k in scenario.kinds] == ["kiosk", "tablet"]
+    assert {a.action for a in scenario.timeline} == set(ActionKind)
+    assert len(scenario.expectations) == 3
 
 
 def test_a_minimal_scenario_gets_the_defaults() -> None:
