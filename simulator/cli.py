@@ -4,6 +4,7 @@
                  [--allow-remote] [--devices N] [--duration S] [--seed N] [--time-scale X]
                  [--report DIR] [--no-progress]
     midm-sim validate SCENARIO.toml
+    midm-sim merge REPORT_DIR... --report OUT
 
 Exit status: 0 every expectation held; 1 an expectation failed (each named on stderr); 2 bad
 scenario or settings (one line); 3 the run could not be done (target unreachable, embedded
@@ -234,7 +235,23 @@ def command_validate(args: argparse.Namespace) -> int:
 
 
 def command_merge(args: argparse.Namespace) -> int:
-    raise SettingsError("merge: not available yet (one worker process, no shards)")
+    """Merge shards' reports exactly (simulator.report.merge) and check the expectations again:
+    exit 0 or 1 as a run; a folder that holds no report of the same run is exit 2."""
+    from simulator import report
+
+    try:
+        merged = report.merge([report.read(path) for path in args.reports])
+    except report.ReportError as exc:
+        raise SettingsError(f"merge: {exc}") from None
+    report.write(args.report, merged)
+    sys.stdout.write(f"report: {args.report / report.JSON_NAME}\n")
+    failed = [e for e in merged.get("expectations", []) if not e.get("passed")]
+    for check in failed:
+        sys.stderr.write(
+            f"midm-sim: expectation failed: {check['name']}: {check['expr']} "
+            f"(observed {check['observed']})\n"
+        )
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

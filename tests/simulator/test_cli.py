@@ -102,10 +102,11 @@ def test_validate_prints_the_plan_without_contacting_anything(tmp_path: Path) ->
     assert "seed 3" in done.stdout
 
 
-def test_merge_is_not_available_yet(tmp_path: Path) -> None:
+def test_merge_refuses_a_folder_without_a_report(tmp_path: Path) -> None:
     done = sim("merge", tmp_path, "--report", tmp_path / "out", cwd=tmp_path)
     assert done.returncode == 2
-    assert "not available yet" in one_line(done.stderr)
+    assert "not a readable report" in one_line(done.stderr)
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_default_scenario_is_the_shipped_quickstart() -> None:

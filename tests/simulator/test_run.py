@@ -152,7 +152,7 @@ def test_a_small_fleet_runs_end_to_end(scenario: Path, tmp_path: Path) -> None:
 
 def test_the_same_seed_gives_the_same_plan(scenario: Path, tmp_path: Path) -> None:
     """Two runs with one seed have one plan hash (the same fleet and schedules); another seed
-    gives another."""
+    gives another. `merge` adds the two runs' figures and refuses to mix in the third."""
     hashes = []
     for run, seed in enumerate(("11", "11", "12")):
         folder = tmp_path / f"r{run}"
@@ -166,6 +166,15 @@ def test_the_same_seed_gives_the_same_plan(scenario: Path, tmp_path: Path) -> No
         hashes.append(report["scenario"]["plan_hash"])
     assert hashes[0] == hashes[1]
     assert hashes[2] != hashes[0]
+    merged = sim(
+        "merge", tmp_path / "r0", tmp_path / "r1", "--report", tmp_path / "m", cwd=tmp_path
+    )
+    assert merged.returncode in (0, 1), merged.stderr
+    assert report_of(tmp_path / "m")["requests"]["register"]["count"] == 20  # added exactly
+    refused = sim(
+        "merge", tmp_path / "r0", tmp_path / "r2", "--report", tmp_path / "x", cwd=tmp_path
+    )
+    assert refused.returncode == 2  # not the same run
 
 
 def test_ctrl_c_stops_cleanly_with_a_partial_report(scenario: Path, tmp_path: Path) -> None:
