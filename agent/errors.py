@@ -5,6 +5,7 @@ AgentError
 ├── StateError             the state dir cannot be read or written
 ├── TransportError         the server could not be reached or did not answer in time
 │   └── PushClosed         the WebSocket closed
+│       └── PushRefused(status)   the handshake was refused (401: the token was revoked)
 ├── ProtocolError          the server answered something that is not the protocol
 ├── ApiError(code, status, message, uq)   the server answered an error envelope
 │   ├── Unauthorized (40100)  ├── NotFound (40400)  ├── RateLimited (42900)
@@ -43,6 +44,14 @@ class TransportError(AgentError):
 
 class PushClosed(TransportError):
     pass
+
+
+class PushRefused(PushClosed):
+    """The server refused the WebSocket handshake with an HTTP status (401: a revoked token)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ProtocolError(AgentError):

@@ -43,6 +43,7 @@ from agent.errors import (
     NotFound,
     PlatformError,
     ProtocolError,
+    PushRefused,
     TransportError,
     Unauthorized,
 )
@@ -120,6 +121,7 @@ class Agent:
         self._nudge = Flag()
         self._server_back = Flag()  # a check-in succeeded while the push channel was down
         self._due: float | None = None  # when the schedule meant the next check-in to go
+        self._enrolling: asyncio.Lock | None = None  # one registration at a time
         self._hashed_apps: tuple[AppRecord, ...] | None = None  # the inventory last hashed
         self._hash = ""  # and its hash
         self._enrolled = Flag()
@@ -149,8 +151,25 @@ class Agent:
         return Credentials(api_key=self.config.api_key, device_token=self.state.token or None)
 
     async def ensure_enrolled(self) -> None:
+        """Register (and, with admin credentials, save a missing device) unless enrolled; the
+        check-in loop and the push loop may both ask at once: one registration serves both."""
         if self.state.enrolled:
             return
+        if self._enrolling is None:
+            self._enrolling = asyncio.Lock()  # made on first need: most agents never wait here
+        async with self._enrolling:
+            if not self.state.enrolled:  # another task may have registered meanwhile
+                await self._enroll()
+
+    def _forget_token(self, rejected: str | None) -> None:
+        """The server refused `rejected` (40100, or 401 at the push handshake): forget it,
+        unless a registration already replaced it (never register twice for one rejection)."""
+        if rejected and self.state.token == rejected:
+            self.state.token = ""
+            self._enrolled.clear()
+            self.state_store.save(self.state)
+
+    async def _enroll(self) -> None:
         hardware = await self.platform.hardware()
         admin = (
             AdminLogin(email=self.config.admin_email, password=self.config.admin_password)
@@ -203,13 +222,12 @@ class Agent:
         could forget."""
         await self.ensure_enrolled()
         await self.commit()
+        creds = self.creds()
         try:
-            return protocol.decode(await self.transport.send(request_for(self.creds())), name)
+            return protocol.decode(await self.transport.send(request_for(creds)), name)
         except Unauthorized:
             log.warning("agent.token_rejected", device=self.state.device_uuid, call=name)
-            self.state.token = ""
-            self._enrolled.clear()
-            self.state_store.save(self.state)
+            self._forget_token(creds.device_token)
             await self.ensure_enrolled()
             return protocol.decode(await self.transport.send(request_for(self.creds())), name)
 
@@ -427,7 +445,8 @@ class Agent:
         attempt = 0
         while True:
             await self._enrolled.wait()
-            headers = protocol.device_headers(self.creds())
+            creds = self.creds()
+            headers = protocol.device_headers(creds)
             try:
                 async with self.transport.open_push(protocol.PUSH, headers) as channel:
                     self.push_connected = True
@@ -441,6 +460,12 @@ class Agent:
                         if kind in ("sync", "wake"):
                             log.info("push.nudge", device=self.state.serial, type=kind)
                             self._nudge.set()
+            except PushRefused as exc:
+                log.info("push.refused", device=self.state.serial, status=exc.status)
+                if exc.status == 401:  # revoked (an admin re-save): register again, now
+                    self._forget_token(creds.device_token)
+                    with suppress(TransportError, ProtocolError, ApiError, PlatformError):
+                        await self.ensure_enrolled()  # else the check-in loop says why
             except TransportError as exc:
                 log.info("push.closed", device=self.state.serial, reason=str(exc))
             finally:

@@ -21,7 +21,7 @@ import aiohttp
 
 from agent import protocol
 from agent.clock import Clock, SystemClock
-from agent.errors import ConfigError, PushClosed, TransportError
+from agent.errors import ConfigError, PushClosed, PushRefused, TransportError
 from agent.protocol import Request, Response
 from agent.transport.base import Download, Observer, Sink, no_observer, report
 
@@ -265,7 +265,9 @@ class AiohttpTransport:
             status = 101
         except aiohttp.WSServerHandshakeError as exc:
             status, error = exc.status, type(exc).__name__
-            raise PushClosed(f"push channel refused (HTTP {exc.status})") from exc
+            raise PushRefused(
+                f"push channel refused (HTTP {exc.status})", status=exc.status
+            ) from exc
         except TimeoutError as exc:
             error = "timeout"
             raise TransportError(f"push channel: cannot reach {endpoint.base_url} ({exc})") from exc

@@ -207,3 +207,35 @@ async def test_push_reconnects_after_the_first_checkin_that_succeeds(
         assert clock.monotonic() == 0.0
         found = (await admin.get("/ota/api/device/findBy", serialNo="S1")).data
         assert found["states"]["rtcEnabled"] is True
+
+
+async def test_revoked_token_at_the_push_handshake_registers_again_at_once(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """An admin re-save closes the push channel and revokes the token; the push loop's next
+    handshake is refused (401): it registers again at once (once: never a save) and the channel
+    is back, without waiting for the next check-in (the clock never reaches it)."""
+    clock = FakeClock()
+    agent, transport = make_agent(server.base, tmp_path / "state", clock=clock)
+    changes, stats = transport.changes, agent.statistics
+    async with running(agent):
+        await changes.until(
+            lambda: stats().checkins == 1 and agent.push_connected and clock.sleeping == 1,
+            "first cycle done, push channel open",
+        )
+        await admin.post(
+            "/ota/api/device/save", [{"profile": {"hardware_info": {"serial_no": "S1"}}}]
+        )
+        await changes.until(
+            lambda: not agent.push_connected and clock.sleeping == 2,
+            "push channel closed by the re-save, its backoff begun",
+        )
+        clock.advance(2.0)  # the push backoff (at most 1 s now), far from the 60 s check-in
+        await changes.until(
+            lambda: agent.state.registrations == 2 and clock.sleeping == 2,
+            "refused handshake, registered again from the push loop, backoff begun",
+        )
+        clock.advance(4.0)
+        await changes.until(lambda: agent.push_connected, "push channel back, new token")
+        assert stats().checkins == 1 and transport.names.count("register") == 2
+        assert transport.names.count("save") == 1  # the first enrollment's, never another
