@@ -74,3 +74,15 @@ def test_quick_try_works_as_typed(tmp_path: Path) -> None:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=60)
     assert (tmp_path / "quick-try.sqlite").exists()
+
+
+def test_the_scenario_schema_in_the_readme_is_a_valid_scenario() -> None:
+    """The README's "Writing a scenario" block parses as a scenario (the schema cannot go stale)."""
+    from simulator.scenario import parse
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Writing a scenario") :]
+    match = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert match, "no ```toml block under 'Writing a scenario'"
+    scenario = parse(match.group(1).encode(), file="README.md")
+    assert scenario is not None
