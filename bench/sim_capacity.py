@@ -266,8 +266,8 @@ def child(sidecar: Path, windows: Sequence[float], argv: list[str]) -> int:
             self._bench_scale = kwargs.get("time_scale", 1.0)
             probe.start()
 
-        def record_send_lag(self, seconds: float) -> None:
-            super().record_send_lag(seconds)
+        def record_send_lag(self, seconds: float, *, interval_s: float | None = None) -> None:
+            super().record_send_lag(seconds, interval_s=interval_s)
             probe.lag(seconds)
 
         def snapshot(self) -> MetricsSnapshot:

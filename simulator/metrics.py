@@ -437,9 +437,14 @@ class Metrics:
         self._websockets = n
         row.websockets = max(row.websockets, n)
 
-    def record_send_lag(self, seconds: float) -> None:
-        """One probe sample: how late a timer woke (real seconds)."""
-        figures.record_us(self._send_lag, max(0.0, seconds))
+    def record_send_lag(self, seconds: float, *, interval_s: float | None = None) -> None:
+        """One probe sample: how late a timer woke (real seconds). With the probe's
+        `interval_s`, a stall also counts for the wake-ups it swallowed (no coordinated
+        omission in the generator's own health either)."""
+        if interval_s is None:
+            figures.record_us(self._send_lag, max(0.0, seconds))
+        else:
+            figures.record_us_corrected(self._send_lag, max(0.0, seconds), interval_s)
 
     # -- the loop probe
 
@@ -456,7 +461,7 @@ class Metrics:
         while True:
             due = loop_time() + interval_s
             await sleep(interval_s)
-            self.record_send_lag(loop_time() - due)
+            self.record_send_lag(loop_time() - due, interval_s=interval_s)
 
     def start_generator_probe(self, interval_s: float = PROBE_INTERVAL_S) -> None:
         """Start the probe task on the running loop (stop_generator_probe() ends it)."""

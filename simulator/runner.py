@@ -332,6 +332,9 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
                     interrupted = await clock.wait_for(
                         stop, t0 + plan.duration_s - clock.monotonic()
                     )
+                # the run's send lag ends with the run: stopping thousands of agents stalls
+                # the loop, and that is not a stall the devices' schedules suffered
+                await metrics.stop_generator_probe()
                 ended.set()
         duration_s = time.monotonic() - real_start
         snapshot = metrics.snapshot()
