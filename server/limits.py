@@ -1,0 +1,33 @@
+"""Every limit the server enforces on what clients send, in one place (issue 12).
+
+Each constant says what it bounds and why that value; the module that enforces it names it in its
+own docstring. Limits set per deployment (body and upload sizes) live in server.config as
+defaults of ServerConfig; the README's "Limits" section lists both. Add new limits here, each with
+a one-line comment.
+"""
+
+from __future__ import annotations
+
+# --- JSON values (server.domain.validation: parse_json, check_value) ---------------------------
+INT_MIN = -(2**63)  # smallest integer accepted anywhere: SQLite integers are signed 64-bit
+INT_MAX = 2**63 - 1  # largest integer accepted anywhere (2^63 raised OverflowError in sqlite3)
+MAX_JSON_DEPTH = 32  # nesting of any body, stored document or filter: profiles need 4, so ample
+MAX_JSON_VALUES = 100_000  # values (scalars + containers) in one free-form document (settings)
+MAX_STRING = 1024  # characters of a named string field unless its parser says otherwise
+MAX_FREE_STRING = 65_536  # characters of a string inside a free-form value (settings, network)
+MAX_KEY = 256  # characters of an object key inside a free-form value
+
+# --- Times (server.domain.times) ---------------------------------------------------------------
+MIN_TIME_MS = 0  # 1970-01-01T00:00:00.000Z: no device or profile time is before the epoch
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last time ISO-8601 can write
+
+# --- Device identity (server.domain.devices.parse_serial) --------------------------------------
+MAX_SERIAL = 128  # characters of a serial number, in device/save, register and scope.device
+
+# --- Batches and lists -------------------------------------------------------------------------
+MAX_DEVICE_BATCH = 1000  # devices in one device/save body (one transaction)
+MAX_APPS = 5000  # apps in one inventory (PUT agent/apps); a phone has a few hundred
+MAX_EVENTS = 1000  # events in one agent/events body (one transaction)
+MAX_REFERENCES = 10_000  # entries of each profile list (apps, otas, scope.group, scope.device)
+MAX_PAGE_SIZE = 500  # `size` of a list request (§1)
+MAX_PAGE = 10_000_000  # `page` of a list request: page * size stays far inside 64 bits
