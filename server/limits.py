@@ -31,3 +31,23 @@ MAX_EVENTS = 1000  # events in one agent/events body (one transaction)
 MAX_REFERENCES = 10_000  # entries of each profile list (apps, otas, scope.group, scope.device)
 MAX_PAGE_SIZE = 500  # `size` of a list request (§1)
 MAX_PAGE = 10_000_000  # `page` of a list request: page * size stays far inside 64 bits
+
+# --- Logins (server.auth): a token is spent only on a password checked and found wrong ---------
+LOGIN_ADDRESS_BURST = 20  # failed logins from one client address at once: typos behind a NAT
+LOGIN_ADDRESS_PER_S = 0.5  # then one more every 2 s: a 50/s wrong-password flood costs 0.5 hash/s
+LOGIN_EMAIL_BURST = 10  # failed logins on one email at once, known or not (the answer tells none)
+LOGIN_EMAIL_PER_S = 1 / 20  # then one more every 20 s: at most 4,320 guesses a day on an account
+LOGIN_TRACKED_KEYS = 10_000  # buckets kept per limiter (~1 MB); the least recently used goes
+LOGIN_HASH_WORKERS = 1  # threads running login scrypt (~45 ms of a core each): a core stays free
+LOGIN_HASH_QUEUE = 8  # logins hashing or waiting at once (~0.4 s); more: 503 + Retry-After
+
+# --- Connections (server.listener) -------------------------------------------------------------
+MAX_CONNECTIONS = 25_000  # open connections, push channels too (10,000 simulated devices hold ~2)
+FD_RESERVE = 256  # descriptors kept below the open-files limit (the cap's other bound): db, files
+HEADER_TIMEOUT_S = 15.0  # from opening, or a request's first byte after idling, to its whole head
+KEEPALIVE_S = 75.0  # idle keep-alive connections closed after this (nginx's; clients pool 15-30 s)
+MAX_REQUEST_LINE = 8190  # bytes of a request line (aiohttp's default); longer: 400 envelope
+MAX_HEADER_FIELD = 8190  # bytes of one header line; longer: 400 envelope
+MAX_HEADERS = 128  # header lines of one request; more: 400 envelope
+LOG_EVERY_S = 10.0  # one line a kind (cap hit, accept failed, bad request) per this, counted
+PUSH_REPLACED_CLOSE_S = 2.0  # a push channel its device replaced gets this long to answer the close
