@@ -49,6 +49,7 @@ from simulator.consistency import check, settle
 from simulator.embedded import EmbeddedServer, embedded_server
 from simulator.errors import RunError, SettingsError
 from simulator.fleet import Fleet, FleetSettings
+from simulator.heap import HeapKeeper
 from simulator.metrics import Metrics
 from simulator.plan.expand import expand
 from simulator.plan.model import ActionKind, Plan
@@ -322,8 +323,9 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
         ended = asyncio.Event()
         real_start = time.monotonic()
         interrupted = stop.is_set()
+        keeper = HeapKeeper()
         with display:
-            async with metrics.generator_probe(), asyncio.TaskGroup() as group:
+            async with keeper, metrics.generator_probe(), asyncio.TaskGroup() as group:
                 if not interrupted:
                     group.create_task(fleet.run(ended, t0=t0), name="fleet")
                     group.create_task(timeline.run(ended, t0=t0), name="timeline")
@@ -366,6 +368,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
             server_status=server_status,
             partial=interrupted,
         )
+        built["generator"]["gc"] = keeper.figures().to_json()
         built["fleet"] = {
             "start_lag_ms": stats.start_lag_ms,
             "checkins": stats.checkins,

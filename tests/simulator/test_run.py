@@ -143,6 +143,7 @@ def test_a_small_fleet_runs_end_to_end(scenario: Path, tmp_path: Path) -> None:
     assert set(checkin["latency_ms"]) >= {"p50", "p90", "p99", "p999", "max"}
     assert report["convergence"]["update"]["applied"] == DEVICES
     assert {"cpu_s", "rss_mb", "send_lag_ms", "saturated"} <= set(report["generator"])
+    assert {"freezes", "collections", "max_pause_ms"} <= set(report["generator"]["gc"])
     assert all(e["passed"] for e in report["expectations"])
     assert (tmp_path / "r" / "report.html").is_file()
     if Path("/proc/self/stat").exists():  # the embedded server's CPU, beside the generator's
