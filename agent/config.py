@@ -37,6 +37,10 @@ class AgentConfig:
     checkin_interval_s: float = 60.0  # until the server says otherwise
     request_timeout_s: float = 10.0
     push: bool = True
+    # a `sync` on the push channel is answered after a random 0..sync_spread_s seconds, so that
+    # a fleet told of one profile edit at once does not check in within the same millisecond
+    # (0: at once, the default on a rig; the simulator sets it per kind)
+    sync_spread_s: float = 0.0
     tls_verify: bool = True
     ca_bundle: Path | None = None
     client_cert: Path | None = None
@@ -63,6 +67,8 @@ class AgentConfig:
         for name in ("checkin_interval_s", "request_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if not 0 <= self.sync_spread_s <= 3600:
+            raise ConfigError(f"sync_spread_s {self.sync_spread_s}: between 0 and 3600 seconds")
         return self
 
 

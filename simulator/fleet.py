@@ -323,6 +323,7 @@ class Fleet:
                 api_key=settings.api_key,
                 platform="simulated",
                 push=kind.push,
+                sync_spread_s=kind.sync_spread_s,
                 checkin_interval_s=kind.checkin_interval_s or DEFAULT_CHECKIN_S,
                 request_timeout_s=settings.request_timeout_s,
             )

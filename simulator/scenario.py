@@ -57,6 +57,7 @@ Schema: every key optional unless marked *required*; this block is itself a vali
     apps = ["kiosk-1"]         # installed apps, by catalog name (added to a snapshot's)
     network = "ethernet"       # wifi | ethernet | mobile | none
     push = true                # holds the WebSocket push channel
+    sync_spread_s = 0          # answers a push `sync` after a random 0..N s (0: at once)
     clock_skew_s = 0.0         # its clock runs this far ahead (negative: behind)
     checkin_interval_s = 60    # > 0; default: the agent's, until the server says
     group = "stores"           # the group its devices are saved in (created at at_s 0)
@@ -197,7 +198,8 @@ OTA_KEYS = (
 )  # fmt: skip
 KIND_KEYS = (
     "count", "share", "snapshot", "manufacturer", "brand", "model", "apps", "network", "push",
-    "clock_skew_s", "checkin_interval_s", "group", "sleep", "offline", "power", "build",
+    "sync_spread_s", "clock_skew_s", "checkin_interval_s", "group", "sleep", "offline", "power",
+    "build",
 )  # fmt: skip
 BUILD_KEYS = (
     "fingerprint", "build_date", "display_id", "sdk", "device_id", "product_id", "sku_id",
@@ -356,6 +358,7 @@ class _Reader:
                 network=t.string("network", base["network"] if base else "wifi", choices=NETWORKS),
                 clock_skew_s=t.number("clock_skew_s", 0.0),
                 push=t.boolean("push", True),
+                sync_spread_s=t.number("sync_spread_s", 0.0, minimum=0.0, maximum=3600.0),
                 group=t.string("group", None),
                 checkin_interval_s=interval,
             ),

@@ -7,10 +7,11 @@ saved is committed (made durable) before anything is sent and before every irrev
 to the device (runtime/state.py and runtime/outbox.py give the rules). The check-in loop checks
 in, queues the inventory when the server asks or its hash changed, flushes the outbox, and
 sleeps the server's interval with jitter (one clock wait, no task); on errors it backs off
-(full jitter, honouring Retry-After). A `sync` or `wake` on the push channel cuts the sleep
-short. The push listener reconnects with its own backoff (capped at 60 s), cut short by a
-check-in that succeeds while the channel is down: after an outage the channel is back with the
-first check-in. Device calls that meet 40100 (a revoked token) register again once and retry;
+(full jitter, honouring Retry-After). A `wake` on the push channel cuts the sleep short; a
+`sync` does too, after a random 0..`sync_spread_s` seconds (0, at once, unless configured).
+The push listener reconnects with its own backoff (capped at 60 s), cut short by a check-in
+that succeeds while the channel is down: after an outage the channel is back with the first
+check-in. Device calls that meet 40100 (a revoked token) register again once and retry;
 they never save the device again. The inventory scan runs beside the check-ins: a long cold
 scan does not delay them. Event ids, like every random choice, come from the injected rng: a
 seeded run replays. The same class runs on a rig and, thousands of times, in the simulator.
@@ -119,6 +120,7 @@ class Agent:
         self.state: AgentState = state_store.load()
         self.push_connected = False
         self._nudge = Flag()
+        self._nudge_at: float | None = None  # a spread sync: when it is due
         self._server_back = Flag()  # a check-in succeeded while the push channel was down
         self._due: float | None = None  # when the schedule meant the next check-in to go
         self._enrolling: asyncio.Lock | None = None  # one registration at a time
@@ -426,12 +428,26 @@ class Agent:
                 delay = min(delay, self._recheck_delay())
             # one clock wait, cut short by a nudge (a push message or a platform event); a nudge
             # that came while the cycle ran is not lost
-            deadline = self.clock.monotonic() + delay
-            await self.clock.wait_for(self._nudge, delay)
-            self._nudge.clear()
             # the next check-in was meant to go at the deadline, or now if a nudge came first:
             # latency is measured from there, so a late generator shows as latency, not hidden
-            self._due = min(deadline, self.clock.monotonic())
+            self._due = await self._wait_until(self.clock.monotonic() + delay)
+
+    async def _wait_until(self, deadline: float) -> float:
+        """Wait until `deadline` or a nudge, whichever is first; a nudge that names a later
+        time (`_nudge_at`: a spread sync) only brings the deadline forward to that time.
+        Returns the time the next check-in was meant to go."""
+        while True:
+            nudged = await self.clock.wait_for(
+                self._nudge, max(0.0, deadline - self.clock.monotonic())
+            )
+            if not nudged:
+                return deadline
+            self._nudge.clear()
+            now = self.clock.monotonic()
+            at, self._nudge_at = self._nudge_at, None
+            deadline = min(deadline, now if at is None else at)
+            if now >= deadline:
+                return now
 
     def _recheck_delay(self) -> float:
         """Deferred work is looked at again soon: when its time comes, or every 15 s for
@@ -459,7 +475,7 @@ class Agent:
                             await self._wake()
                         if kind in ("sync", "wake"):
                             log.info("push.nudge", device=self.state.serial, type=kind)
-                            self._nudge.set()
+                            self._nudge_for(kind)
             except PushRefused as exc:
                 log.info("push.refused", device=self.state.serial, status=exc.status)
                 if exc.status == 401:  # revoked (an admin re-save): register again, now
@@ -476,6 +492,17 @@ class Agent:
                 self._server_back, next_delay(attempt, None, self.rng, cap=60.0)
             )
             self._server_back.clear()
+
+    def _nudge_for(self, kind: str) -> None:
+        """A wake is answered at once; a sync after a random 0..sync_spread_s seconds."""
+        spread = self.config.sync_spread_s
+        if kind == "sync" and spread > 0:
+            at = self.clock.monotonic() + self.rng.uniform(0, spread)
+            if self._nudge_at is None or at < self._nudge_at:
+                self._nudge_at = at
+        else:
+            self._nudge_at = None  # at once, whatever was pending
+        self._nudge.set()
 
     async def _wake(self) -> None:
         try:

@@ -107,6 +107,7 @@ class DeviceKind:
     network: str = "wifi"  # wifi, ethernet, mobile, none
     clock_skew_s: float = 0.0
     push: bool = True
+    sync_spread_s: float = 0.0  # a push `sync` is answered within this many seconds
     group: str | None = None
     checkin_interval_s: float | None = None
 
@@ -218,6 +219,7 @@ def _kind_json(kind: DeviceKind) -> dict[str, Any]:
         "network": kind.network,
         "clock_skew_s": kind.clock_skew_s,
         "push": kind.push,
+        "sync_spread_s": kind.sync_spread_s,
         "group": kind.group,
         "checkin_interval_s": kind.checkin_interval_s,
     }

@@ -176,6 +176,7 @@ def make_agent(
     timeout_s: float = 30.0,
     platform: SimulatedPlatform | None = None,
     changes: Changes | None = None,
+    sync_spread_s: float = 0.0,
 ) -> tuple[Agent, RecordingTransport]:
     """An agent for `base`; its transport, platform (if recording) and FakeClock (if one)
     all notify `transport.changes`."""
@@ -187,6 +188,7 @@ def make_agent(
         admin_email="admin@alpha.test" if admin else "",
         admin_password="pw-alpha" if admin else "",
         request_timeout_s=timeout_s,
+        sync_spread_s=sync_spread_s,
     )
     transport = RecordingTransport(base, timeout_s=timeout_s, changes=changes)
     platform = platform or sim_platform(serial)

@@ -146,6 +146,36 @@ async def test_sync_on_the_push_channel_triggers_a_checkin(
         assert len(agent.state.profiles) == 1
 
 
+async def test_a_spread_sync_checks_in_within_the_spread_not_at_once(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    """With sync_spread_s, a sync brings the next check-in forward to a random time within the
+    spread (not to now, not past the interval); the check-in goes when that time comes."""
+    clock = FakeClock()
+    agent, transport = make_agent(server.base, tmp_path / "state", clock=clock, sync_spread_s=30)
+    async with running(agent):
+        await transport.changes.until(
+            lambda: (
+                agent.statistics().checkins >= 1 and agent.push_connected and clock.sleeping == 1
+            ),
+            "enrolled, checked in once, connected and asleep",
+        )
+        interval = clock.next_deadline()
+        assert interval is not None and interval > 30
+        await admin.post("/ota/api/profile/save", {"scope": {"device": ["S1"]}})
+        await transport.changes.until(
+            lambda: (clock.next_deadline() or interval) < interval, "the sync moved the deadline"
+        )
+        spread = clock.next_deadline()
+        assert spread is not None and 0 <= spread <= 30
+        assert agent.statistics().checkins == 1  # not at once
+        clock.advance(spread)
+        await transport.changes.until(
+            lambda: agent.statistics().checkins >= 2, "the check-in at the spread time"
+        )
+        assert len(agent.state.profiles) == 1
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RELEASE = web.AppKey("release", asyncio.Event)  # set at teardown: handlers that hang return
 

@@ -117,6 +117,7 @@ model = "K1"
 apps = ["app-1"]
 network = "mobile"
 push = false
+sync_spread_s = 4
 clock_skew_s = -2.5
 checkin_interval_s = 30
 group = "g"
@@ -202,6 +203,7 @@ done = 'convergence("p").applied == 3'
     assert (kind.network, kind.push, kind.clock_skew_s, kind.checkin_interval_s) == (
         "mobile", False, -2.5, 30.0,
     )  # fmt: skip
+    assert kind.sync_spread_s == 4.0
     assert kind.build.ab_update and kind.build.region == "eu"
     assert kind.build.build_date == 1690000000
     assert [a.action for a in scenario.timeline] == [
@@ -244,6 +246,13 @@ BAD = [
         "kinds.kiosk.count",
         "must not be negative, not -3",
         id="negative-count",
+    ),
+    pytest.param(
+        MINIMAL.replace("model =", "sync_spread_s = 7200\nmodel ="),
+        7,
+        "kinds.kiosk.sync_spread_s",
+        "must be at most 3600",
+        id="sync-spread-over-an-hour",
     ),
     pytest.param(
         MINIMAL + "[expectations]\nok = 'convergence(\"nope\").t99_s < 5'\n",
