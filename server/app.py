@@ -220,6 +220,7 @@ def create_app(
         await asyncio.gather(*background, return_exceptions=True)
         await services.checkins.flush()
         services.upload_parsers.close()
+        services.auth.close()
         services.db.close()
 
     async def close_sockets(app: web.Application) -> None:

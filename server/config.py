@@ -14,6 +14,9 @@ from pathlib import Path
 
 import platformdirs
 
+from server.domain.ratelimit import Network
+from server.limits import HEADER_TIMEOUT_S, KEEPALIVE_S, MAX_CONNECTIONS
+
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
@@ -62,6 +65,10 @@ class ServerConfig:
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S
     checkin_interval_s: int = DEFAULT_CHECKIN_INTERVAL_S
     checkin_flush_s: float = 2.0
+    trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For names the client
+    max_connections: int = MAX_CONNECTIONS  # also held FD_RESERVE below the open-files limit
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    keepalive_s: float = KEEPALIVE_S
     seed: SeedSite = SeedSite()
 
     @classmethod

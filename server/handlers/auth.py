@@ -3,6 +3,9 @@
 Decisions [ours]: emails are unique across the database and compared case-insensitively; an
 `X-API-Key` sent with the login must be a key of the account's site (otherwise 40100, as for a
 wrong password, so that the response reveals nothing); tokens live `token_ttl_s` seconds.
+Failed logins are limited per client address and per email (server.auth); the client address
+is the TCP peer, or the `X-Forwarded-For` hop a --trusted-proxy peer names (never the header of
+an untrusted peer, which anyone can write).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from aiohttp import web
 
 from server.auth import hash_secret, new_secret
 from server.context import services_of
+from server.domain.ratelimit import client_address
 from server.domain.validation import Fields, expect_object
 from server.errors import InvalidField, Unauthorized
 from server.handlers.request import admin, caller, json_body, public, session
@@ -27,7 +31,12 @@ async def login(request: web.Request) -> web.Response:
         raise InvalidField(f"type: only 'email' logins are supported, not {kind!r}")
     email = body.string("email", required=True, allow_empty=False, max_len=320).strip()
     password = body.string("password", required=True, allow_empty=False, max_len=1024)
-    user = await services.auth.user_for_login(email, password)
+    address = client_address(
+        request.remote,
+        request.headers.getall("X-Forwarded-For", []),
+        services.config.trusted_proxies,
+    )
+    user = await services.auth.user_for_login(email, password, address)
     key = request.headers.get("X-API-Key")
     if key:
         key_site = await services.auth.site_for_key(key)
