@@ -11,21 +11,34 @@ Rules (see ../shared/android-notes.md):
   falls back to the package name.
 - certMd5 is the lowercase hex MD5 of the DER signing certificate, preferring v3, then v2, then
   the v1 signer's certificate; "" for an unsigned APK (callers decide whether that is allowed).
+- versionCode is a decimal or 0x-hex integer of 0 to 2^31-1 (Android's int); anything else,
+  a string "9223372036854775808" say, is ApkError naming versionCode.
+
+Hostile zips (midm_common.zipguard, within the caller's `ZipLimits`): the entries are counted
+before androguard's zip reader builds its table, and every entry androguard reads (manifest,
+resources.arsc, v1 signature files) is inflated by our bounded reader, never by androguard, so
+a bomb is refused within its entry's limit, naming the entry. Whatever else androguard raises
+on a malformed file is ApkError too: a reader of untrusted files raises nothing else.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import struct
-import zipfile
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from midm_common import zipguard
 from midm_common.arsc import resolve_string
 from midm_common.errors import ApkError
+from midm_common.zipguard import DEFAULT_LIMITS, ZipLimits
+
+MAX_VERSION_CODE = 2**31 - 1  # Android's versionCode is a Java int
+_VERSION_CODE = re.compile(r"(?:[0-9]{1,10}|0[xX][0-9a-fA-F]{1,8})", re.ASCII)
+_V1_SIGNER = re.compile(r"\AMETA-INF/(?s:.)*\.(DSA|EC|RSA)\Z")  # androguard's own pattern
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,12 +75,82 @@ def _load_apk_class() -> Any:
     return APK
 
 
-def _cert_md5(apk: Any) -> str:
+class _BoundedEntries:
+    """Stands in for apkInspector's ZipEntry inside androguard's APK: the same table, but each
+    read goes through zipguard's bounded reader. The data is located as apkInspector does (the
+    local header's sizes unless one is 0, then the central directory's; a method other than
+    stored/deflate taken as stored or deflate by the sizes), so both agree on what an entry is."""
+
+    def __init__(self, inner: Any, limits: ZipLimits, archive: str) -> None:
+        self.inner = inner
+        self.zip = inner.zip  # the file's bytes (androguard's get_raw reads them here)
+        self.limits = limits
+        self.archive = archive
+        self._names: list[str] = list(inner.central_directory.entries)
+        self._name_set = frozenset(self._names)
+
+    def namelist(self) -> list[str]:
+        return list(self._names)
+
+    def infolist(self) -> Any:
+        return self.inner.infolist()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._name_set
+
+    def signer_files(self) -> list[str]:
+        """v1 signer blocks with their .SF (androguard's rule, without its quadratic scan)."""
+        return [
+            n
+            for n in self._names
+            if _V1_SIGNER.search(n) and f"{n.rsplit('.', 1)[0]}.SF" in self._name_set
+        ]
+
+    def read(self, name: str, save: bool = False) -> bytes:
+        central = self.inner.central_directory.entries[name]  # KeyError: androguard's "absent"
+        local = self.inner.local_headers[name]
+        if local.compressed_size == 0 or local.uncompressed_size == 0:
+            compressed, inflated = central.compressed_size, central.uncompressed_size
+        else:
+            compressed, inflated = local.compressed_size, local.uncompressed_size
+        limit, error = self.limits.entry_limit(name), ApkError
+        method = local.compression_method
+        for declared in (inflated, central.uncompressed_size):
+            zipguard.check_declared(
+                zipguard.Declared(
+                    method=method, compressed_size=compressed, uncompressed_size=declared
+                ),
+                name,
+                limit,
+                self.limits,
+                error,
+                self.archive,
+            )
+        start = (
+            central.relative_offset_of_local_file_header
+            + 30
+            + local.file_name_length
+            + local.extra_field_length
+        )
+        read = zipguard.file_reader(self.zip, start)
+        if method == zipguard.STORED or (method != zipguard.DEFLATED and compressed == inflated):
+            return zipguard.read_stored(read, inflated, name, limit, error, self.archive)
+        try:
+            return zipguard.inflate(read, compressed, name, limit, self.limits, error, self.archive)
+        except (zlib.error, ApkError) as exc:
+            if method == zipguard.DEFLATED or getattr(exc, "reason", "") == "over_limit":
+                raise
+        # apkInspector's "tampered" case: not a clean deflate stream, so taken as stored
+        read = zipguard.file_reader(self.zip, start)
+        return zipguard.read_stored(read, inflated, name, limit, error, self.archive)
+
+
+def _cert_md5(apk: Any, entries: _BoundedEntries) -> str:
     for getter in ("get_certificates_der_v3", "get_certificates_der_v2"):
         ders = getattr(apk, getter)()
         if ders:
             return hashlib.md5(ders[0], usedforsecurity=False).hexdigest()
-    for name in apk.get_signature_names():
+    for name in entries.signer_files():
         der = apk.get_certificate_der(name)
         if der:
             return hashlib.md5(der, usedforsecurity=False).hexdigest()
@@ -92,11 +175,54 @@ def _label(apk: Any) -> str:
         elif raw and not raw.startswith("@"):
             return str(raw)
         return _text(apk.get_app_name())
+    except ApkError:
+        raise  # resources.arsc over a limit: refused, not a silent fallback
     except Exception:  # noqa: BLE001 - androguard's resource parser raises many types; label falls back
         return ""
 
 
-def read_apk_metadata(path: Path) -> ApkMetadata:
+def _version_code(raw: str, archive: str) -> int:
+    text = raw.strip()
+    if not text:
+        return 0
+    if not _VERSION_CODE.fullmatch(text):
+        raise ApkError(
+            f"{archive}: versionCode {raw[:40]!r} is not an integer of 0 to {MAX_VERSION_CODE}",
+            reason="bad_manifest",
+        )
+    value = int(text, 16) if text[:2] in ("0x", "0X") else int(text)
+    if value > MAX_VERSION_CODE:
+        raise ApkError(
+            f"{archive}: versionCode {value} is over Android's limit of {MAX_VERSION_CODE}",
+            reason="bad_manifest",
+        )
+    return value
+
+
+def _open(apk_class: Any, path: Path, size: int, limits: ZipLimits) -> tuple[Any, _BoundedEntries]:
+    """androguard's APK over our bounded reader, its manifest analysed."""
+    with path.open("rb") as handle:
+        zipguard.count_apk_entries(handle, size, limits, ApkError, path.name)
+    try:
+        apk = apk_class(str(path), skip_analysis=True)
+    except Exception as exc:  # apkInspector raises many types on a malformed zip
+        raise ApkError(
+            f"{path.name}: not a zip archive or truncated ({exc})", reason="bad_zip"
+        ) from exc
+    entries = _BoundedEntries(apk.zip, limits, path.name)
+    apk.zip = entries
+    try:
+        apk._apk_analysis()
+    except ApkError:
+        raise
+    except Exception as exc:  # androguard's AXML parser raises many types
+        raise ApkError(
+            f"{path.name}: unreadable manifest ({exc!r})", reason="bad_manifest"
+        ) from exc
+    return apk, entries
+
+
+def read_apk_metadata(path: Path, limits: ZipLimits = DEFAULT_LIMITS) -> ApkMetadata:
     """Parse the APK at `path`; raise ApkError naming the file and the reason."""
     apk_class = _load_apk_class()
     try:
@@ -107,12 +233,7 @@ def read_apk_metadata(path: Path) -> ApkMetadata:
         ) from exc
     if size == 0:
         raise ApkError(f"{path.name}: file is empty", reason="empty")
-    try:
-        apk = apk_class(str(path))
-    except (ValueError, zipfile.BadZipFile, zlib.error, struct.error, EOFError) as exc:
-        raise ApkError(
-            f"{path.name}: not a zip archive or truncated ({exc})", reason="bad_zip"
-        ) from exc
+    apk, entries = _open(apk_class, path, size, limits)
     if not apk.is_valid_APK():
         raise ApkError(f"{path.name}: no readable AndroidManifest.xml", reason="no_manifest")
     try:
@@ -122,19 +243,16 @@ def read_apk_metadata(path: Path) -> ApkMetadata:
         min_sdk = _text(apk.get_min_sdk_version())
         target_sdk = _text(apk.get_target_sdk_version())
         max_sdk = _text(apk.get_max_sdk_version())
-        cert = _cert_md5(apk)
-    except (KeyError, ValueError, struct.error, zlib.error, zipfile.BadZipFile) as exc:
+        cert = _cert_md5(apk, entries)
+    except ApkError:
+        raise
+    except Exception as exc:  # androguard raises many types on hostile input
         raise ApkError(
-            f"{path.name}: unreadable manifest ({exc!r})", reason="bad_manifest"
+            f"{path.name}: unreadable manifest or signature ({exc!r})", reason="bad_manifest"
         ) from exc
     if not package:
         raise ApkError(f"{path.name}: manifest has no package name", reason="bad_manifest")
-    try:
-        version_code = int(raw_code) if raw_code.strip() else 0
-    except ValueError as exc:
-        raise ApkError(
-            f"{path.name}: versionCode {raw_code!r} is not an integer", reason="bad_manifest"
-        ) from exc
+    version_code = _version_code(raw_code, path.name)
     label = _label(apk)
     if not label or label.startswith("@"):
         label = package

@@ -4,19 +4,25 @@ The one parser of the OTA package format in this project (the server's upload an
 checks both call `read_ota_metadata`). The file is text, one `key=value` a line; the keys used:
 `ota-type` (AB or BLOCK), `pre-device` (`|`-separated), `pre-build` (only in incrementals),
 `post-build`, `post-timestamp` (seconds since epoch), `ota-downgrade`.
+
+The zip is read with midm_common.zipguard, within `ZipLimits` (the caller's, else the defaults):
+at most `max_entries` entries, the metadata at most `max_ota_metadata_bytes` inflated and, past
+`ratio_grace`, at most `max_ratio` times its compressed size, whatever its headers declare; its
+CRC and declared size must match what it inflates to. Refusals name the entry and the limit.
 """
 
 from __future__ import annotations
 
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from midm_common import zipguard
 from midm_common.errors import OtaPackageError
+from midm_common.zipguard import DEFAULT_LIMITS, ZipLimits
 
 METADATA_PATH = "META-INF/com/android/metadata"
-_MAX_METADATA_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,24 +76,14 @@ def metadata_from_values(values: dict[str, str]) -> OtaMetadata:
     )
 
 
-def read_ota_metadata(path: Path) -> OtaMetadata:
+def read_ota_metadata(path: Path, limits: ZipLimits = DEFAULT_LIMITS) -> OtaMetadata:
     """Parse the OTA zip at `path`; raise OtaPackageError naming the file and the reason."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            try:
-                info = archive.getinfo(METADATA_PATH)
-            except KeyError as exc:
-                raise OtaPackageError(
-                    f"{path.name}: no {METADATA_PATH} in the zip", reason="no_metadata"
-                ) from exc
-            if info.file_size > _MAX_METADATA_BYTES:
-                raise OtaPackageError(
-                    f"{path.name}: {METADATA_PATH} is implausibly large", reason="bad_metadata"
-                )
-            raw = archive.read(info)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        with path.open("rb") as handle:
+            raw = _metadata_bytes(handle, path.stat().st_size, path.name, limits)
+    except OSError as exc:
         raise OtaPackageError(
-            f"{path.name}: not a zip archive or truncated ({exc})", reason="bad_zip"
+            f"{path.name}: cannot read file ({exc.strerror})", reason="unreadable"
         ) from exc
     try:
         text = raw.decode("utf-8")
@@ -96,3 +92,48 @@ def read_ota_metadata(path: Path) -> OtaMetadata:
             f"{path.name}: {METADATA_PATH} is not UTF-8", reason="bad_metadata"
         ) from exc
     return metadata_from_values(parse_metadata_text(text))
+
+
+def _metadata_bytes(handle: BinaryIO, size: int, archive: str, limits: ZipLimits) -> bytes:
+    error = OtaPackageError
+    entries = zipguard.central_directory(handle, size, limits, error, archive)
+    found = [e for e in entries if e.name == METADATA_PATH]
+    if not found:
+        raise OtaPackageError(f"{archive}: no {METADATA_PATH} in the zip", reason="no_metadata")
+    entry = found[-1]  # as zipfile: a later entry of the same name wins
+    if entry.flags & 0x1:
+        raise OtaPackageError(f"{archive}: {METADATA_PATH} is encrypted", reason="bad_metadata")
+    limit = limits.entry_limit(METADATA_PATH)
+    declared = zipguard.Declared(
+        method=entry.method,
+        compressed_size=entry.compressed_size,
+        uncompressed_size=entry.uncompressed_size,
+    )
+    zipguard.check_declared(declared, METADATA_PATH, limit, limits, error, archive)
+    read = zipguard.file_reader(handle, zipguard.data_offset(handle, entry, error, archive))
+    try:
+        if entry.method == zipguard.STORED:
+            raw = zipguard.read_stored(
+                read, entry.compressed_size, METADATA_PATH, limit, error, archive
+            )
+        elif entry.method == zipguard.DEFLATED:
+            raw = zipguard.inflate(
+                read, entry.compressed_size, METADATA_PATH, limit, limits, error, archive
+            )
+        else:
+            raise OtaPackageError(
+                f"{archive}: {METADATA_PATH} uses compression method {entry.method}; "
+                "expected stored (0) or deflate (8)",
+                reason="bad_metadata",
+            )
+    except zlib.error as exc:
+        raise OtaPackageError(
+            f"{archive}: not a zip archive or truncated ({METADATA_PATH}: {exc})", reason="bad_zip"
+        ) from exc
+    if len(raw) != entry.uncompressed_size or zlib.crc32(raw) != entry.crc:
+        raise OtaPackageError(
+            f"{archive}: not a zip archive or truncated ({METADATA_PATH}: {len(raw)} bytes "
+            f"inflated, CRC or declared size {entry.uncompressed_size} does not match)",
+            reason="bad_zip",
+        )
+    return raw
