@@ -51,3 +51,31 @@ MAX_HEADER_FIELD = 8190  # bytes of one header line; longer: 400 envelope
 MAX_HEADERS = 128  # header lines of one request; more: 400 envelope
 LOG_EVERY_S = 10.0  # one line a kind (cap hit, accept failed, bad request) per this, counted
 PUSH_REPLACED_CLOSE_S = 2.0  # a push channel its device replaced gets this long to answer the close
+
+# --- Uploads: the form (server.handlers.uploads, server.domain.filenames) ----------------------
+UPLOAD_FIELD_BYTES = 64 * 1024  # bytes of one text field of an upload form (name, enable, otaInfo)
+UPLOAD_NAME = 256  # characters of an upload's `name` field: a label shown in lists
+FILE_NAME = 255  # characters of a stored file name (the sanitised multipart filename): most
+# file systems' limit, so a name kept for a download is one every client can save
+
+# --- Uploads: the archives (server.services.upload_parsers -> midm_common.zipguard) ------------
+ZIP_MAX_ENTRIES = 65_535  # entries of an uploaded zip: zip32's maximum; the APK reader's table
+# costs ~1.5 KB an entry, so this caps it near 100 MB; real APKs have a few thousand
+ZIP_MAX_RATIO = 100  # inflated / compressed bytes of an entry the parser reads (past the grace):
+# deflate of real manifests and resource tables stays far under; a zero-filled bomb is ~1000
+ZIP_RATIO_GRACE = 1 << 20  # inflated bytes of an entry before the ratio applies (tiny files
+# compress wildly, and 1 MiB costs nothing)
+ZIP_MANIFEST_BYTES = 4 << 20  # inflated AndroidManifest.xml: real ones are well under 1 MiB
+ZIP_ARSC_BYTES = 32 << 20  # inflated resources.arsc: the largest real apps' are ~10-20 MiB
+ZIP_ENTRY_BYTES = 8 << 20  # any other entry the APK parser reads (v1 signature .RSA/.SF files)
+OTA_METADATA_BYTES = 1 << 20  # inflated META-INF/com/android/metadata: a few hundred bytes real
+
+# --- Uploads: the parser worker (server.services.upload_parsers) ------------------------------
+PARSE_TIMEOUT_S = 60.0  # one upload's parse in the worker (real APKs: under 5 s); over it the
+# worker is killed and the upload is 40001, so a hostile file holds the queue this long at most
+PARSER_START_TIMEOUT_S = 60.0  # a new worker's start (forkserver, imports) on a loaded machine
+PARSER_WATCHDOG_S = 1.0  # how often the worker checks that the server process still exists
+
+# --- Downloads (server.domain.ranges) ----------------------------------------------------------
+RANGE_MAX_DIGITS = 18  # digits of a Range position read as a number; longer means "past any
+# file" (10^18 bytes), never int() of 5,000 digits
