@@ -3,6 +3,11 @@
 Every response body is built here. Stored times are integer epoch milliseconds; they go out as
 ISO-8601 UTC with milliseconds and `Z`, except where the protocol shows an integer
 (profile `created`/`updated` [ours: both epoch ms, as profile/save's `updated`]).
+
+Output is strict JSON (issue 12): `dumps` refuses NaN and Infinity (a 50000 rather than a body
+no client can parse; the validators keep them out of the database). A string that cannot be
+encoded as UTF-8 (a lone surrogate stored by a server older than those validators) is sent
+escaped (`\\udXXX`) instead of failing every read of it; `wire.unencodable_value` is logged.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import uuid
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from server import BUILD
@@ -19,6 +25,7 @@ from server.domain.times import iso as iso_ms
 from server.errors import ApiError
 
 JSON_TYPE = "application/json"
+log = structlog.get_logger("server.wire")
 
 
 def iso(ms: int | None) -> str | None:
@@ -26,7 +33,20 @@ def iso(ms: int | None) -> str | None:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _ascii_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def json_response(body: Any, **kwargs: Any) -> web.Response:
+    """`body` as strict JSON; see the module doc for a string UTF-8 cannot encode."""
+    try:
+        return web.json_response(body, dumps=dumps, **kwargs)
+    except UnicodeEncodeError:
+        log.warning("wire.unencodable_value", uq=body.get("uq") if isinstance(body, dict) else None)
+        return web.json_response(body, dumps=_ascii_dumps, **kwargs)
 
 
 def envelope(
@@ -56,7 +76,7 @@ def ok(
     data: Any = None, *, has_data: bool = True, message: str = "success", **extra: Any
 ) -> web.Response:
     body = envelope(data=data, has_data=has_data, message=message, extra=extra)
-    return web.json_response(body, dumps=dumps)
+    return json_response(body)
 
 
 def paged(items: Any, *, total: int, size: int, **extra: Any) -> web.Response:
@@ -69,7 +89,7 @@ def error_response(error: ApiError, body: dict[str, Any] | None = None) -> web.R
     if body is None:
         body = envelope(code=error.code, message=error.message, has_data=False)
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return web.json_response(body, status=error.status, headers=headers, dumps=dumps)
+    return json_response(body, status=error.status, headers=headers)
 
 
 def error_body(error: ApiError) -> tuple[dict[str, Any], str]:
