@@ -2,6 +2,11 @@
 
 Each public function is one transaction (`await fn(db, ...)`); the rules it applies (event
 coverage, unscopeIfApplied) are decided by server.domain.coverage.
+
+Check-in batches: `write_batch` writes a whole batch at once (the fast path); when it fails,
+`write_rows` writes the same rows one statement each in one transaction and returns those that
+failed on their own values (a statement that fails is undone by SQLite alone, the others stay);
+a failure of the database itself (disk, I/O) still fails the whole transaction.
 """
 
 from __future__ import annotations
@@ -75,23 +80,64 @@ def device_row(conn: sqlite3.Connection, device_uuid: str) -> sqlite3.Row | None
     return row
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RowFailure:
+    """One row of a check-in batch that could not be written, and why."""
+
+    device_uuid: str
+    error: str
+
+
+# What a single row's values can raise: out-of-range integers, unencodable strings, wrong
+# types, constraints. OperationalError (disk full, I/O, locked) concerns the database: not here.
+_ROW_ERRORS = (
+    OverflowError,
+    ValueError,
+    TypeError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+)
+_CHECKIN_UPDATE = (
+    "UPDATE devices SET last_checked_in = ?, enrolled = COALESCE(enrolled, ?), "
+    "client_version = ?, sleeping = ?, interval_s = ?, report = ? WHERE uuid = ?"
+)
+_CHANNEL_UPDATE = (
+    "UPDATE devices SET rtc_enabled = ?, last_disconnected = CASE WHEN ? THEN "
+    "last_disconnected ELSE ? END WHERE uuid = ?"
+)
+
+
+def _checkin_params(w: CheckinWrite) -> tuple[object, ...]:
+    return (w.at, w.at, w.client_version, int(w.sleeping), w.interval_s, w.report, w.device_uuid)
+
+
+def _channel_params(change: tuple[str, bool, int]) -> tuple[object, ...]:
+    device, connected, at = change
+    return (int(connected), int(connected), at, device)
+
+
 def write_checkins(conn: sqlite3.Connection, batch: Sequence[CheckinWrite]) -> None:
-    conn.executemany(
-        "UPDATE devices SET last_checked_in = ?, enrolled = COALESCE(enrolled, ?), "
-        "client_version = ?, sleeping = ?, interval_s = ?, report = ? WHERE uuid = ?",
-        [
-            (
-                w.at,
-                w.at,
-                w.client_version,
-                int(w.sleeping),
-                w.interval_s,
-                w.report,
-                w.device_uuid,
-            )
-            for w in batch
-        ],
-    )
+    conn.executemany(_CHECKIN_UPDATE, [_checkin_params(w) for w in batch])
+
+
+@writes
+def write_rows(
+    conn: sqlite3.Connection,
+    checkins: Sequence[CheckinWrite],
+    channels: Sequence[tuple[str, bool, int]],
+) -> list[RowFailure]:
+    """`write_batch` one row at a time in one transaction; the rows that failed alone."""
+    failures: list[RowFailure] = []
+    rows = [(w.device_uuid, _CHECKIN_UPDATE, _checkin_params(w)) for w in checkins]
+    rows += [(c[0], _CHANNEL_UPDATE, _channel_params(c)) for c in channels]
+    for device_uuid, statement, params in rows:
+        try:
+            conn.execute(statement, params)
+        except _ROW_ERRORS as exc:
+            failures.append(RowFailure(device_uuid=device_uuid, error=repr(exc)))
+    return failures
 
 
 @writes
@@ -102,11 +148,7 @@ def write_batch(
 ) -> None:
     """One transaction: check-ins, then push-channel changes (device, connected, at)."""
     write_checkins(conn, checkins)
-    conn.executemany(
-        "UPDATE devices SET rtc_enabled = ?, last_disconnected = CASE WHEN ? THEN "
-        "last_disconnected ELSE ? END WHERE uuid = ?",
-        [(int(connected), int(connected), at, device) for device, connected, at in channels],
-    )
+    conn.executemany(_CHANNEL_UPDATE, [_channel_params(c) for c in channels])
 
 
 @writes
