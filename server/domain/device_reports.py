@@ -4,6 +4,11 @@ Rules [ours]: unknown keys are ignored, known keys of the wrong type are 40001 n
 an inventory holds at most MAX_APPS apps with a non-empty `packageName` each, no package twice;
 an event batch holds 1..MAX_EVENTS events with client-made uuid `id`s, an ISO-8601 `at`, and
 `kind`/`status` from the protocol's vocabularies.
+
+Limits (server.limits): every integer (`clientVersion`, `buildDate`, `versionCode`, app sizes
+and times) within INT_MIN..INT_MAX (Fields.integer), every time within MIN_TIME_MS..MAX_TIME_MS
+(server.domain.profiles.time_ms). The check-in is the hot path: only the values it stores as
+sent (`power.battery`, an object `network`) go through check_value, never the whole body.
 """
 
 from __future__ import annotations
@@ -13,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.domain.profiles import time_ms
-from server.domain.validation import Fields, expect_list, expect_object, join
+from server.domain.validation import Fields, check_value, expect_list, expect_object, join
 from server.errors import InvalidField
+from server.limits import MAX_APPS, MAX_EVENTS, MAX_STRING
 
-MAX_APPS = 5000
-MAX_EVENTS = 1000
 EVENT_KINDS = ("app", "ota", "settings", "profile")
 EVENT_STATUSES = (
     "deferred",
@@ -80,13 +84,19 @@ def parse_checkin(body: Any) -> CheckinReport:
     states = top.obj_field("states")
     power = top.obj_field("power")
     battery = power.obj.get("battery")
-    if battery is not None and (isinstance(battery, bool) or not isinstance(battery, int | float)):
-        raise InvalidField("power.battery: must be a number (percent)")
+    if battery is not None:
+        if isinstance(battery, bool) or not isinstance(battery, int | float):
+            raise InvalidField("power.battery: must be a number (percent)")
+        check_value(battery, "power.battery")
     activity = top.string("activity", max_len=64)
     state = states.string("state", max_len=64)
     network = top.obj.get("network")
     if network is not None and not isinstance(network, str | dict):
         raise InvalidField("network: must be a string (wifi, ethernet, ...) or an object")
+    if isinstance(network, dict):
+        check_value(network, "network")
+    elif isinstance(network, str) and len(network) > MAX_STRING:
+        raise InvalidField(f"network: longer than {MAX_STRING} characters")
     inventory_hash = top.optional_string("inventoryHash", max_len=256)
     report = {
         "activity": activity,

@@ -1,9 +1,14 @@
 """Device save bodies (§3) parsed into typed inputs; a whole batch is validated before any write.
 
-Rules: the body is a non-empty list (at most MAX_BATCH items); `profile.hardware_info.serial_no` is
-a required non-empty string; a serial appearing twice in one body is 40001; `enabled` defaults to
-true; `groupUuid` is optional (its existence is checked by the store, in the same transaction).
+Rules: the body is a non-empty list (at most MAX_DEVICE_BATCH items);
+`profile.hardware_info.serial_no` is a required serial (below); a serial appearing twice in one
+body is 40001; `enabled` defaults to true; `groupUuid` is optional (its existence is checked by
+the store, in the same transaction).
 Admin reads name one device by `deviceUuid` (or `uuid`) or by `serialNo` in the query.
+
+Serial numbers follow one rule wherever they enter (device/save, agent/register, a profile's
+`scope.device`): `parse_serial`, a non-empty string of at most MAX_SERIAL characters
+(server.limits; counted before stripping surrounding spaces, which are not kept).
 """
 
 from __future__ import annotations
@@ -12,10 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.domain.validation import Fields, expect_list, join
+from server.domain.validation import Fields, expect_list, join, json_type
 from server.errors import InvalidField
-
-MAX_BATCH = 1000
+from server.limits import MAX_DEVICE_BATCH, MAX_SERIAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,9 +45,23 @@ class DeviceInput:
     group_uuid: str | None
 
 
+def parse_serial(value: Any, path: str) -> str:
+    """A serial number named `path` in messages: the same rule everywhere (module doc)."""
+    if value is None:
+        raise InvalidField(f"{path}: is required")
+    if not isinstance(value, str):
+        raise InvalidField(f"{path}: must be a string, not {json_type(value)}")
+    if len(value) > MAX_SERIAL:
+        raise InvalidField(f"{path}: longer than {MAX_SERIAL} characters")
+    serial = value.strip()
+    if not serial:
+        raise InvalidField(f"{path}: must not be empty")
+    return serial
+
+
 def parse_hardware_info(fields: Fields) -> HardwareInfo:
     return HardwareInfo(
-        serial_no=fields.string("serial_no", required=True, allow_empty=False, max_len=128).strip(),
+        serial_no=parse_serial(fields.obj.get("serial_no"), fields.name("serial_no")),
         manufacturer=fields.string("manufacturer", max_len=256),
         brand=fields.string("brand", max_len=256),
         model=fields.string("model", max_len=256),
@@ -54,8 +72,8 @@ def parse_device_batch(body: Any) -> list[DeviceInput]:
     items = expect_list(body, "device save body")
     if not items:
         raise InvalidField("body: the list of devices is empty")
-    if len(items) > MAX_BATCH:
-        raise InvalidField(f"body: at most {MAX_BATCH} devices per save, got {len(items)}")
+    if len(items) > MAX_DEVICE_BATCH:
+        raise InvalidField(f"body: at most {MAX_DEVICE_BATCH} devices per save, got {len(items)}")
     devices: list[DeviceInput] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(items):

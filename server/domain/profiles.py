@@ -11,6 +11,13 @@ Decisions [ours]: no `profile.name` -> the save time as `yyyyMMdd_HH:mm:ss` (UTC
 to silent_install true, partialFirst false, need_ac false, checkBuildDate true (never feed an older
 build unless asked to); `otas` entries may be a fileUuid or `{"uuid": fileUuid}` and are stored as
 given in that shape.
+
+Limits (server.limits): the stored document passes check_value (nesting at most MAX_JSON_DEPTH,
+64-bit integers, finite numbers, valid Unicode, MAX_FREE_STRING, MAX_JSON_VALUES), so every
+stored document can be read back and rendered; times lie within MIN_TIME_MS..MAX_TIME_MS
+(1970-01-01 to 9999-12-31, what ISO-8601 with a four-digit year writes), also `updated` of an
+edit; `scope.device` serials follow server.domain.devices.parse_serial (MAX_SERIAL); each list
+holds at most MAX_REFERENCES entries.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from server.domain.devices import parse_serial
 from server.domain.times import iso, parse_iso
-from server.domain.validation import Fields, expect_object, join
+from server.domain.validation import Fields, check_value, expect_object, join
 from server.errors import InvalidField
+from server.limits import MAX_REFERENCES, MAX_TIME_MS, MIN_TIME_MS
 
 APPLY_ORDERS = ("none", "apps", "otas", "settings")
 UPDATE_VIA = ("any", "wifi", "ethernet")
@@ -31,7 +40,7 @@ REPEAT_OPTIONS = ("none", "daily", "weekly", "monthly")
 ENDS_OPTIONS = ("never", "on", "after")
 REPEAT_PERIODS = ("day", "week", "month")
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
-_MAX_REFERENCES = 10_000
+_TIME_RANGE = f"between {iso(MIN_TIME_MS)} and {iso(MAX_TIME_MS)}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,20 +62,24 @@ def default_name(now_ms: int) -> str:
 
 
 def normalize_time(value: Any, path: str) -> str | None:
+    """An ISO-8601 time or epoch ms within MIN_TIME_MS..MAX_TIME_MS -> ISO-8601 UTC; None when
+    absent or empty."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise InvalidField(f"{path}: must be an ISO-8601 time or epoch milliseconds")
     if isinstance(value, int):
-        if value < 0:
-            raise InvalidField(f"{path}: must not be negative")
-        return iso(value)
-    if isinstance(value, str):
+        ms = value
+    elif isinstance(value, str):
         try:
-            return iso(parse_iso(value))
-        except ValueError as exc:
-            raise InvalidField(f"{path}: {value!r} is not an ISO-8601 time") from exc
-    raise InvalidField(f"{path}: must be an ISO-8601 time or epoch milliseconds")
+            ms = parse_iso(value)
+        except (ValueError, OverflowError) as exc:
+            raise InvalidField(f"{path}: {value[:64]!r} is not an ISO-8601 time") from exc
+    else:
+        raise InvalidField(f"{path}: must be an ISO-8601 time or epoch milliseconds")
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        raise InvalidField(f"{path}: must be {_TIME_RANGE} (epoch ms {MIN_TIME_MS}..{MAX_TIME_MS})")
+    return iso(ms)
 
 
 def time_ms(value: Any, path: str) -> int | None:
@@ -133,7 +146,7 @@ def _profile_section(fields: Fields, now_ms: int) -> dict[str, Any]:
 
 def _app_installs(fields: Fields) -> list[dict[str, Any]]:
     installs = []
-    for index, item in enumerate(fields.array("install", max_items=_MAX_REFERENCES)):
+    for index, item in enumerate(fields.array("install", max_items=MAX_REFERENCES)):
         entry = Fields(item, join(fields.name("install"), index))
         installs.append(
             {
@@ -150,7 +163,7 @@ def _app_installs(fields: Fields) -> list[dict[str, Any]]:
 def _otas(fields: Fields) -> tuple[list[Any], list[str]]:
     stored: list[Any] = []
     uuids: list[str] = []
-    for index, item in enumerate(fields.array("otas", max_items=_MAX_REFERENCES)):
+    for index, item in enumerate(fields.array("otas", max_items=MAX_REFERENCES)):
         path = join("otas", index)
         if isinstance(item, str) and item.strip():
             stored.append(item)
@@ -191,9 +204,13 @@ def parse_profile(body: Any, now_ms: int) -> ProfileInput:
     top = Fields(expect_object(body, "profile body"))
     section = _profile_section(top.obj_field("profile"), now_ms)
     scope = top.obj_field("scope")
-    groups = _unique(scope.string_list("group", max_items=_MAX_REFERENCES), "scope.group")
+    groups = _unique(scope.string_list("group", max_items=MAX_REFERENCES), "scope.group")
     serials = _unique(
-        [s.strip() for s in scope.string_list("device", max_items=_MAX_REFERENCES)], "scope.device"
+        [
+            parse_serial(item, join("scope.device", index))
+            for index, item in enumerate(scope.array("device", max_items=MAX_REFERENCES))
+        ],
+        "scope.device",
     )
     installs = _app_installs(top.obj_field("apps"))
     app_uuids = _unique([i["uuid"] for i in installs], "apps.install")
@@ -213,6 +230,7 @@ def parse_profile(body: Any, now_ms: int) -> ProfileInput:
         },
         "settings": _settings(top.obj_field("settings")),
     }
+    check_value(doc)  # what is stored can be read back: the parts kept as given are checked here
     return ProfileInput(
         name=section["name"],
         enabled=enabled,
@@ -234,6 +252,8 @@ def parse_updated(value: Any) -> int:
     if isinstance(value, bool):
         raise InvalidField("updated: must be epoch milliseconds as loaded")
     if isinstance(value, int):
+        if not MIN_TIME_MS <= value <= MAX_TIME_MS:
+            raise InvalidField(f"updated: must be epoch milliseconds {_TIME_RANGE}")
         return value
     if isinstance(value, str):
         parsed = time_ms(value, "updated")

@@ -12,6 +12,9 @@ Decisions [ours]:
 - `ota/next` for a profile that does not cover the device is 42200; unknown profile 40400;
   before the profile's start (`startsOn` / `schedule_date.start_on`) it feeds nothing, with
   reason `not_before` (nothing is applied before it).
+- Limits (server.limits): `serialNo` follows server.domain.devices.parse_serial (MAX_SERIAL);
+  what devices send is validated (server.domain.device_reports) before a check-in is
+  acknowledged or batched, so one device's values never reach the shared batch writer.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from server.auth import hash_secret, new_secret
 from server.context import services_of
 from server.domain import feed
 from server.domain.device_reports import parse_checkin, parse_events, parse_inventory
+from server.domain.devices import parse_serial
 from server.domain.inventory import inventory_wanted, stored_hash
 from server.domain.presence import next_checkin_s
 from server.domain.profiles import offered_otas
@@ -61,7 +65,7 @@ async def _covering(request: web.Request, state: DeviceState) -> list[ScopedProf
 async def register(request: web.Request) -> web.Response:
     services = services_of(request)
     body = Fields(expect_object(await json_body(request)))
-    serial = body.string("serialNo", required=True, allow_empty=False, max_len=128).strip()
+    serial = parse_serial(body.obj.get("serialNo"), "serialNo")
     hardware_fields = body.obj_field("hardware_info")
     hardware = {
         k: hardware_fields.string(k, max_len=256) for k in ("manufacturer", "brand", "model")
