@@ -13,6 +13,12 @@ nothing. Decision [ours]: `site add` and `site list` work on an existing databas
 missing --db they fail (exit 2, "no database at PATH") and create nothing. A database is made by
 the server's first start (first site, credentials file), so a mistyped path can never become a
 second database whose sites the running server does not know.
+
+Connections (server.listener): at most --max-connections open (default MAX_CONNECTIONS, kept
+below the open-files limit, which the server raises toward its hard value at start).
+--trusted-proxy (repeatable; an address or network) names the reverse proxies whose
+`X-Forwarded-For` says who the client is for the login limits; without it the TCP peer is the
+client (behind a proxy all clients then share the proxy's login limits).
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 
 from midm_common.logsetup import LEVELS, configure_logging
 from server import BUILD
@@ -46,8 +51,10 @@ from server.config import (
     ServerConfig,
     default_db_path,
 )
+from server.domain.ratelimit import Network, parse_networks
 from server.errors import ConfigError, ServerError
-from server.listener import bind, url_of
+from server.limits import MAX_CONNECTIONS
+from server.listener import ConnectionLimits, Listener, bind, open_files_cap, url_of
 from server.store import sites
 from server.store.db import Database
 
@@ -121,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_CHECKIN_INTERVAL_S,
         help="seconds between check-ins that the server asks of awake devices",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=MAX_CONNECTIONS,
+        help="open connections at most, push channels included; more are closed at once "
+        f"(default {MAX_CONNECTIONS}, and below the open-files limit)",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a reverse proxy (address or network, repeatable) whose X-Forwarded-For names the "
+        "client for login limits; without it the TCP peer is the client",
     )
     parser.add_argument("--log-level", choices=LEVELS, default="info")
     commands = parser.add_subparsers(dest="command", metavar="{site}")
@@ -244,22 +266,28 @@ async def serve(config: ServerConfig, sockets: list[socket.socket]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
-    await runner.setup()
+    limits = ConnectionLimits.of(config, open_files_cap(config.max_connections))
+    listener = await Listener.start(app, sockets, limits)
     try:
-        for sock in sockets:
-            await web.SockSite(runner, sock).start()
         log.info(
             "server.listening",
             url=url_of(config.host, sockets),
             db=str(config.db_path),
             build=BUILD,
+            max_connections=limits.max_connections,
         )
         await stop.wait()
         log.info("server.stopping")
     finally:
-        await runner.cleanup()
+        await listener.stop()
     log.info("server.stopped")
+
+
+def _proxies(texts: list[str]) -> tuple[Network, ...]:
+    try:
+        return parse_networks(texts)
+    except ValueError as exc:
+        raise ConfigError(f"--trusted-proxy: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -272,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         db_path = (args.db or default_db_path()).expanduser()
         if db_path.is_dir():
             raise ConfigError(f"--db: {db_path} is a folder; give the database file's path")
+        proxies = _proxies(args.trusted_proxy)
         sockets = bind(args.host, args.port)  # first: a taken port must leave no files behind
         try:
             db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_upload_bytes=args.max_upload_bytes,
                 token_ttl_s=args.token_ttl,
                 checkin_interval_s=args.checkin_interval,
+                max_connections=args.max_connections,
+                trusted_proxies=proxies,
                 seed=SeedSite.from_env(),
             )
             prepare_database(config)

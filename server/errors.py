@@ -3,6 +3,7 @@
 ServerError
 ├── ApiError(code, status, message)      rendered as the error envelope
 │   ├── BadJson            40000 / 400   body is not JSON, or the wrong JSON type
+│   ├── MalformedRequest   40000 / 400   not valid HTTP (request line, headers, framing)
 │   ├── InvalidField       40001 / 400   a field is missing, of the wrong type or out of range
 │   ├── Unauthorized       40100 / 401
 │   ├── Forbidden          40300 / 403   another site
@@ -43,6 +44,12 @@ class ApiError(ServerError):
 
 
 class BadJson(ApiError):
+    code, status = 40000, 400
+
+
+class MalformedRequest(ApiError):
+    """aiohttp could not parse the request; the message names what, never echoes the input."""
+
     code, status = 40000, 400
 
 

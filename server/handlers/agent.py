@@ -222,11 +222,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     socket = web.WebSocketResponse(heartbeat=30.0)
     await socket.prepare(request)
     hub, checkins = services.hub, services.checkins
-    first = not hub.connected(state.uuid)
     ref = DeviceRef(
         uuid=state.uuid, site_uuid=state.site_uuid, serial=state.serial, group_uuid=state.group_uuid
     )
-    hub.add(ref, socket)
+    first = await hub.add(ref, socket)  # one channel a device: an older one is closed (4409)
     if first:
         checkins.channel(state.uuid, connected=True)
     try:
