@@ -89,8 +89,9 @@ def open_files_cap(wanted: int) -> int:
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
+            if target > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
         except (ValueError, OSError):
             pass  # keep the soft limit we have
     if soft == resource.RLIM_INFINITY:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -38,6 +38,7 @@ from server.limits import (
 )
 from tests.helpers import Client, Reply, Server
 
+StartServer = Callable[..., Awaitable[Server]]  # the server_factory fixture
 SAFETY_S = 60.0  # a hung test fails after this long; no test expects to come near it
 LOGIN = "/portal/V1/auth"
 
@@ -189,11 +190,16 @@ def services(server: Server) -> Services:
 
 
 async def login(
-    http: aiohttp.ClientSession, server: Server, email: str, password: str, key: str | None = None
+    http: aiohttp.ClientSession,
+    server: Server,
+    email: str,
+    password: str,
+    key: str | None = None,
+    forwarded_for: str | None = None,
 ) -> Reply:
-    return await Client(http, server.base, key).post(
-        LOGIN, {"email": email, "password": password, "type": "email"}
-    )
+    body = {"email": email, "password": password, "type": "email"}
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else None
+    return await Client(http, server.base, key).call("POST", LOGIN, json_body=body, headers=headers)
 
 
 def tokens_issued(server: Server) -> int:
@@ -238,6 +244,41 @@ async def test_failed_logins_from_one_address_are_limited(
     alpha = server.sites["alpha"]
     assert (await login(http, server, alpha.email, alpha.password)).status == 429
     assert tokens_issued(server) == 0
+
+
+async def fail_burst_of_one_address(
+    http: aiohttp.ClientSession, server: Server, forwarded_for: str | None = None
+) -> None:
+    """LOGIN_ADDRESS_BURST wrong passwords, shared over the two admins' emails (each takes
+    LOGIN_EMAIL_BURST: cheap test hashes, and no email runs dry before the address does)."""
+    emails = [server.sites["alpha"].email, server.sites["beta"].email]
+    assert len(emails) * LOGIN_EMAIL_BURST >= LOGIN_ADDRESS_BURST
+    for index in range(LOGIN_ADDRESS_BURST):
+        email = emails[index % len(emails)]
+        reply = await login(http, server, email, "wrong", forwarded_for=forwarded_for)
+        assert reply.code == 40100
+
+
+async def test_forwarded_for_names_the_client_only_behind_a_trusted_proxy(
+    server_factory: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """With --trusted-proxy naming the peer (127.0.0.1 here), the X-Forwarded-For client is
+    the one counted: another client behind the proxy is not refused with the first."""
+    server = await server_factory(trusted_proxies=parse_networks(["127.0.0.1"]))
+    await fail_burst_of_one_address(http, server, forwarded_for="203.0.113.1")
+    refused = await login(http, server, "x@alpha.test", "wrong", forwarded_for="203.0.113.1")
+    assert refused.code == 42900 and "from this address" in refused.body["message"]
+    other = await login(http, server, "x@alpha.test", "wrong", forwarded_for="203.0.113.2")
+    assert other.code == 40100
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """Without --trusted-proxy anyone can write X-Forwarded-For: it does not escape the limit."""
+    await fail_burst_of_one_address(http, server, forwarded_for="203.0.113.1")
+    refused = await login(http, server, "x@alpha.test", "wrong", forwarded_for="203.0.113.2")
+    assert refused.code == 42900
 
 
 async def test_an_unknown_email_is_limited_like_a_known_one(

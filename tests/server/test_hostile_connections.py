@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import resource
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,10 +32,18 @@ from server.clock import FixedClock
 from server.config import ServerConfig
 from server.context import SERVICES, Services
 from server.limits import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LINE
-from server.listener import ConnectionGuard, ConnectionLimits, Listener, bind, url_of
+from server.listener import (
+    ConnectionGuard,
+    ConnectionLimits,
+    Listener,
+    bind,
+    open_files_cap,
+    url_of,
+)
 from server.services.hub import REPLACED
 from tests.helpers import ENVELOPE_KEYS, Client, Server, seed_sites
 from tests.server.test_agent_api import CHECKIN, enroll
+from tests.server.test_cli import assert_one_line_error, run_cli
 from tests.server.test_push import next_message, ping, push_channel
 
 SAFETY_S = 60.0  # a hung test fails after this long; no test expects to come near it
@@ -383,6 +393,39 @@ async def test_connections_over_the_cap_are_closed_at_once_with_one_log_line(
     assert reply.status == 404
     for _, writer in held:
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "wanted", "raised_to", "cap"),
+    [
+        (1024, 65536, 25_000, 25_256, 25_000),  # raised as far as needed: the cap is the wish
+        (1024, 4096, 25_000, 4096, 3840),  # raised to the hard limit; the reserve kept below
+        (256, 256, 25_000, None, 192),  # a tiny limit: a quarter of it is kept in reserve
+        (100_000, 100_000, 500, None, 500),
+    ],
+)
+def test_the_cap_stays_below_the_open_files_limit(
+    monkeypatch: pytest.MonkeyPatch,
+    soft: int,
+    hard: int,
+    wanted: int,
+    raised_to: int | None,
+    cap: int,
+) -> None:
+    """open_files_cap raises the soft limit toward the hard one as far as the cap needs, and
+    keeps FD_RESERVE descriptors (or a quarter of a small limit) out of the cap."""
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (soft, hard))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, limits: calls.append(limits))
+    assert open_files_cap(wanted) == cap
+    assert calls == ([] if raised_to is None else [(raised_to, hard)])
+
+
+def test_a_bad_trusted_proxy_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """--trusted-proxy that is not an address or network: exit 2, one line, no files."""
+    result = run_cli("--db", str(tmp_path / "db.sqlite"), "--port", "0", "--trusted-proxy", "x")
+    assert_one_line_error(result, "--trusted-proxy: 'x' is not an IP address or network")
+    assert list(tmp_path.iterdir()) == []
 
 
 class FakeLoop:
