@@ -39,6 +39,10 @@ class Services:
     wakes: WakeScheduler
     upload_parsers: UploadParsers
 
+    def __post_init__(self) -> None:
+        # The blob store's start-up clean-up (blobs.prepare) reads which blobs are referenced.
+        self.blobs.attach(self.db)
+
 
 SERVICES = web.AppKey("services", Services)
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from server.context import services_of
 from server.domain import ota_info
+from server.domain.filenames import check_display_name
 from server.domain.paging import parse_page_request
 from server.errors import InvalidField
 from server.handlers.request import admin, session, site
@@ -28,10 +29,8 @@ from server.wire import ok, paged, render_app, render_ota
 
 
 def _name(upload: Upload) -> str:
-    name = upload.fields.get("name", "").strip() or upload.file.file_name
-    if len(name) > 256:
-        raise InvalidField("name: longer than 256 characters")
-    return name
+    """The `name` field (checked: server.domain.filenames), else the stored file name."""
+    return check_display_name(upload.fields.get("name", "")) or upload.file.file_name
 
 
 def _app_info(meta: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 Admin or device credentials of the file's site. `If-None-Match` with the ETag gives 304;
 `If-Range` with another ETag sends the whole file. An unsatisfiable range is HTTP 416 with the
 error envelope, code 41600 [ours: HTTP status x 100, as for 405] and `Content-Range: bytes */N`.
+Range positions are ASCII digits of any length (server.domain.ranges); Content-Disposition
+follows RFC 6266 with the name sanitised again (server.domain.filenames), so no stored name can
+break the header.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 from aiohttp import web
 
 from server.context import services_of
+from server.domain.filenames import content_disposition
 from server.domain.ranges import Unsatisfiable, parse_range
 from server.errors import ApiError, NotFound
 from server.handlers.request import file_access, site
@@ -39,7 +43,7 @@ async def download(request: web.Request) -> web.StreamResponse:
         "X-Checksum-SHA256": stored.sha256,
         "Accept-Ranges": "bytes",
         "Content-Type": stored.content_type,
-        "Content-Disposition": f'attachment; filename="{stored.file_name}"',
+        "Content-Disposition": content_disposition(stored.file_name),
     }
     if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
         return web.Response(status=304, headers=headers)

@@ -1,8 +1,13 @@
 """Multipart upload intake shared by app and OTA uploads: stream `file`, collect small fields.
 
 The `file` part streams into the blob store's temp area with the size limit enforced while
-reading; other parts are text fields of at most 64 KiB. A request that is not
-multipart/form-data, or has no `file` part, is 40001.
+reading (its name sanitised: server.domain.filenames). Other parts are text fields read whole,
+however the client's writes cut them (one read_chunk() is whatever has arrived), of at most
+UPLOAD_FIELD_BYTES (server/limits.py) each: a longer one, a field given twice, an unknown field
+or text that is not UTF-8 is 40001 naming it [ours: 40001, not 41300, as for any bad field; the
+body as a whole is bounded by max_upload_bytes]. A request that is not multipart/form-data, a
+malformed body (aiohttp's own refusals: too many part headers, a line too long) or no `file`
+part is 40001. Whatever was received of a refused upload is deleted.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from server.blobs import Received
 from server.context import services_of
 from server.errors import InvalidField, TooLarge
+from server.limits import UPLOAD_FIELD_BYTES
 
-FIELD_LIMIT = 64 * 1024
+FIELD_LIMIT = UPLOAD_FIELD_BYTES
 
 
 @dataclass(slots=True)
@@ -44,22 +51,19 @@ async def read_upload(request: web.Request, allowed_fields: frozenset[str]) -> U
                     raise InvalidField("file: only one file per upload")
                 received = await blobs.receive(part, limit)
             elif name in allowed_fields:
-                raw = await part.read_chunk(FIELD_LIMIT + 1)
-                if len(raw) > FIELD_LIMIT:
-                    raise InvalidField(f"{name}: longer than {FIELD_LIMIT} bytes")
-                try:
-                    fields[name] = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InvalidField(f"{name}: is not UTF-8 text") from exc
+                if name in fields:
+                    raise InvalidField(f"{name}: given twice")
+                fields[name] = await _read_field(part, name)
             else:
                 raise InvalidField(
                     f"{name or '(unnamed part)'}: unknown form field; expected file, "
                     + ", ".join(sorted(allowed_fields))
                 )
-    except ValueError as exc:  # aiohttp's multipart parser reports malformed bodies so
+    except (ValueError, HttpProcessingError) as exc:  # aiohttp's multipart parser's refusals
         if received is not None:
             blobs.discard(received)
-        raise InvalidField(f"body: malformed multipart/form-data ({exc})") from exc
+        detail = (getattr(exc, "message", None) or str(exc))[:200]
+        raise InvalidField(f"body: malformed multipart/form-data ({detail})") from exc
     except BaseException:
         if received is not None:
             blobs.discard(received)
@@ -70,6 +74,20 @@ async def read_upload(request: web.Request, allowed_fields: frozenset[str]) -> U
         blobs.discard(received)
         raise InvalidField("file: the uploaded file is empty")
     return Upload(file=received, fields=fields)
+
+
+async def _read_field(part: BodyPartReader, name: str) -> str:
+    """The whole text of a field part, refused once past FIELD_LIMIT bytes."""
+    raw = bytearray()
+    while chunk := await part.read_chunk(FIELD_LIMIT + 1):  # not less: aiohttp wants a
+        # chunk at least as long as the boundary
+        raw += chunk
+        if len(raw) > FIELD_LIMIT:
+            raise InvalidField(f"{name}: longer than {FIELD_LIMIT} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidField(f"{name}: is not UTF-8 text") from exc
 
 
 def form_bool(fields: dict[str, str], key: str, default: bool) -> bool:

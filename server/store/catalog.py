@@ -5,6 +5,8 @@ two sites uploading the same bytes share the blob but not the row. An app's and 
 is its `fileUuid`. Adding an upload is one transaction: identical bytes already in the site
 return the existing object; for apps the same package and versionCode with other bytes is
 40900; otherwise the blob is moved into place, then the file and app/image rows are written.
+A blob moved into place by a transaction that never committed (a kill -9) is an orphan that
+`referenced_blobs` does not list: server.blobs removes it at the next start.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ def insert_file(conn: sqlite3.Connection, site_uuid: str, file: StoredFile, now:
         f"INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (file.uuid, site_uuid, file.sha256, file.length, file.file_name, file.content_type, now),
     )
+
+
+def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
+    """The sha256 of every blob some file row of some site references (start-up clean-up)."""
+    return {row[0] for row in conn.execute("SELECT DISTINCT sha256 FROM files")}
 
 
 @reads
