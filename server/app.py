@@ -6,8 +6,7 @@ Every response is the envelope of §1: ApiError -> its code; aiohttp's 404/405/4
 (a 5xx ApiError, a database failure say, is logged with its `uq` and cause too).
 `siteUuid`/`siteId` in a query must name the caller's own site (else 40300). A body that a
 handler left unread is answered and dropped by `server.bodies` (never holds a shutdown up).
-Connections (caps, timeouts, aiohttp's own 400s as the envelope) are `server.listener`'s; its
-`track_requests` middleware, outermost, tells a connection that its request's head is complete.
+Connections (caps, timeouts, aiohttp's own 400s as the envelope) are `server.listener`'s.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from server.errors import (
 )
 from server.handlers import agent, auth, catalog, devices, files, groups, logs, profiles
 from server.handlers.request import CALLER, Caller, Handler
-from server.listener import track_requests
 from server.services.checkins import Checkins
 from server.services.hub import Hub
 from server.services.scopes import ScopeCache
@@ -203,7 +201,7 @@ def create_app(
     services = build_services(config, clock or SystemClock(), parser_pool)
     unread = UnreadBodies()
     app = web.Application(
-        middlewares=[track_requests, unread.middleware, error_middleware, auth_middleware],
+        middlewares=[unread.middleware, error_middleware, auth_middleware],
         client_max_size=config.max_json_bytes,
     )
     app[SERVICES] = services

@@ -9,9 +9,11 @@ app on those sockets with every connection made by a `ConnectionGuard` (issue 12
   once; `server.connections_full` is logged once per LOG_EVERY_S with the number refused.
 - A request head (line and headers) must be complete HEADER_TIMEOUT_S after the connection
   opened, or after the first byte of a request that follows an idle keep-alive spell; else the
-  connection is closed. Idle keep-alive connections close after KEEPALIVE_S (aiohttp's
-  keepalive_timeout). A request in the app, a response being written and a WebSocket are not
-  timed here (bodies and downloads may take long; push channels have their heartbeat).
+  connection is closed. The head is complete at its blank line (CR LF CR LF, found in the bytes
+  as they arrive, so a busy event loop cannot make a complete head look late); from then until
+  its answer is written nothing is timed here (bodies and downloads may take long; a WebSocket
+  has its heartbeat). Idle keep-alive connections close after KEEPALIVE_S (aiohttp's
+  keepalive_timeout), which also bounds a client that sends only blank lines.
 - A request aiohttp cannot parse (request line, header syntax, more than MAX_HEADERS headers or
   lines over MAX_REQUEST_LINE / MAX_HEADER_FIELD bytes, body framing) is answered with the
   error envelope, 400 40000 and a sentence saying what was wrong (never the input), and the
@@ -39,7 +41,6 @@ from aiohttp import http_exceptions, web
 from server.config import ServerConfig
 from server.domain.ratelimit import LogThrottle
 from server.errors import ApiError, ConfigError, Internal, MalformedRequest
-from server.handlers.request import Handler
 from server.limits import (
     FD_RESERVE,
     LOG_EVERY_S,
@@ -163,7 +164,8 @@ class GuardedHandler(web.RequestHandler):
         super().__init__(manager, loop=asyncio.get_running_loop(), **options)
         self._guard = guard
         self._head_timer: asyncio.TimerHandle | None = None
-        self._busy = False  # a request is in the app, or its response is being written
+        self._busy = False  # a head is complete: its request is in the app or being answered
+        self._tail = b""  # the last bytes of an incomplete head, to find its end across reads
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -175,14 +177,16 @@ class GuardedHandler(web.RequestHandler):
         self._guard.closed()
 
     def data_received(self, data: bytes) -> None:
-        if not self._busy and self._head_timer is None:
-            self._arm_head_timer()  # the first byte of a request after an idle spell
+        if not self._busy:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:  # the head is complete (aiohttp parses it, or says 400)
+                self._busy, self._tail = True, b""
+                self._cancel_head_timer()
+            else:
+                self._tail = seen[-3:]
+                if self._head_timer is None:  # the first byte of a request after idling
+                    self._arm_head_timer()
         super().data_received(data)
-
-    def request_started(self) -> None:
-        """The request's head is complete and the app has it (see `track_requests`)."""
-        self._busy = True
-        self._cancel_head_timer()
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
@@ -190,7 +194,7 @@ class GuardedHandler(web.RequestHandler):
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
-            self._busy = False  # written: from now on the connection idles or reads a head
+            self._busy, self._tail = False, b""  # answered: the connection idles or reads a head
 
     def _arm_head_timer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -314,15 +318,6 @@ class ConnectionGuard:
 
     def statistics(self) -> ConnectionStatistics:
         return ConnectionStatistics(self.open, self.refused, self.head_timeouts, self.bad_requests)
-
-
-@web.middleware
-async def track_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost middleware: tells a guarded connection that its request's head is complete."""
-    protocol = request.protocol
-    if isinstance(protocol, GuardedHandler):
-        protocol.request_started()
-    return await handler(request)
 
 
 class GuardedSite(web.BaseSite):
