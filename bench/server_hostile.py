@@ -38,9 +38,9 @@ from typing import Any
 import aiohttp
 
 from bench.common import EMAIL, Timing, emit, login, server_process, timed_loop
+from server.limits import HEADER_TIMEOUT_S
 
 SPREAD_ADDRESSES = 100
-HEADER_TIMEOUT_S = 15.0  # server.limits.HEADER_TIMEOUT_S (the bench imports nothing of the server)
 OTA_META = (
     "ota-type=AB\npre-device=walleye\n"
     "post-build=acme/walleye/walleye:14/UP1A/200:user/release-keys\npost-timestamp=1790000000\n"
