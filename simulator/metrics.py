@@ -309,6 +309,44 @@ class LiveStatistics:
     convergence: tuple[tuple[str, int, int], ...]  # (profile name, applied, devices seen)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveEndpoint:
+    """One endpoint as it stands. `histogram` is the collector's own, not a copy: read it in
+    the same turn of the loop and never write it."""
+
+    count: int
+    errors: Mapping[str, int]
+    histogram: Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveProfile:
+    uuid: str
+    name: str  # the uuid when its save was not seen
+    saved_at_s: float | None  # scenario seconds since the origin of the first save
+    applied: int
+    failed: int  # failed and never applied (as the report counts them)
+    deferred: int
+    seen: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveReadings:
+    """What a scrape exports (simulator.prometheus): bounded work, O(endpoints + profiles +
+    failed devices), no histogram copied or encoded; every count only grows during a run."""
+
+    elapsed_s: float
+    endpoints: Mapping[str, LiveEndpoint]
+    profiles: tuple[LiveProfile, ...]
+    websockets: int
+    send_lag: Any  # the live histograms (microseconds): read, never write
+    lateness: Any
+    cpu_s: float  # since the Metrics were made
+    rss_mb: float  # peak
+    events_queued: int
+    cancelled: int
+
+
 class _Endpoint:
     __slots__ = ("count", "errors", "histogram")
 
@@ -505,6 +543,28 @@ class Metrics:
             ),
         )
 
+    def readings(self) -> LiveReadings:
+        """The live figures without copying a histogram (for a scrape: read them at once)."""
+        usage = self._usage()
+        return LiveReadings(
+            elapsed_s=self._clock() - self._origin,
+            endpoints={
+                key: LiveEndpoint(count=e.count, errors=dict(e.errors), histogram=e.histogram)
+                for key, e in self._endpoints.items()
+            },
+            profiles=tuple(
+                _live_profile(uuid, self._saves.get(uuid), self._progress.get(uuid))
+                for uuid in sorted(self._saves.keys() | self._progress.keys())
+            ),
+            websockets=self._websockets,
+            send_lag=self._send_lag,
+            lateness=self._lateness,
+            cpu_s=usage.cpu_s - self._cpu_at_start,
+            rss_mb=usage.rss_mb,
+            events_queued=self._events_queued,
+            cancelled=self._cancelled,
+        )
+
     def snapshot(self) -> MetricsSnapshot:
         """Everything so far (the current second included as it stands), as JSON-able values."""
         row = self._current_row()
@@ -572,6 +632,18 @@ class Metrics:
             websockets=row.websockets,
             hdr=figures.encode(row.histogram),
         )
+
+
+def _live_profile(uuid: str, save: ProfileSave | None, p: _Progress | None) -> LiveProfile:
+    return LiveProfile(
+        uuid=uuid,
+        name=save.name if save else uuid,
+        saved_at_s=save.at_s if save else None,
+        applied=len(p.applied) if p else 0,
+        failed=sum(1 for s in p.failed if s not in p.applied) if p else 0,  # O(failed)
+        deferred=len(p.deferred) if p else 0,
+        seen=len(p.seen) if p else 0,
+    )
 
 
 _EMPTY_ROW = figures.encode(figures.new_histogram(figures.ROW_DIGITS))
