@@ -3,6 +3,7 @@ logging set-up. It imports neither side (tests/test_imports.py holds the rules).
 
 - `apk`: APK metadata (androguard, imported lazily) with `arsc`, a small resources.arsc reader;
 - `ota`: OTA package metadata (`META-INF/com/android/metadata`);
+- `zipguard`: zip entries read within limits (entry count, inflated size, ratio): no bombs;
 - `errors`: FormatError and its subclasses, raised by the readers;
 - `logsetup`: structlog configured once, by each CLI.
 """

@@ -1,4 +1,6 @@
-"""Errors of the file-format readers; each carries a hint a CLI prints and a short `reason`.
+"""Errors of the file-format readers; each carries a hint a CLI prints and a short `reason`
+(e.g. "bad_zip", "no_manifest", "bad_manifest", "over_limit": a zip limit of
+midm_common.zipguard, the message naming the entry and the limit).
 
 FormatError            a file is not what it claims
 ├── ApkError           not a readable, signed APK
