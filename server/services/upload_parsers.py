@@ -13,9 +13,11 @@ androguard is slow and GIL-bound, so parsing never runs on the event loop. Rules
   Retry-After [ours: the file may be at fault, but so may the machine: "retry later", not 400].
 - A given pool is never killed (it is its owner's): when it breaks or a parse in it times out,
   the app stops using it and starts its own.
-- The worker never outlives the server: close() stops it (killed if a parse is running), and a
-  watchdog thread in the worker exits it when the server process is gone (its parent changed or
-  the server's pid is no more), checked every PARSER_WATCHDOG_S: after a kill -9 of the server.
+- The worker never outlives the server: close() stops it (killed if a parse is running; a parse
+  whose caller was cancelled is killed at once, its result unwanted), no worker starts after
+  close(), and a watchdog thread in the worker exits it when the server process is gone (its
+  parent changed or the server's pid is no more), checked every PARSER_WATCHDOG_S: after a
+  kill -9 of the server.
 - Archives are read within the zip limits of server/limits.py (midm_common.zipguard, in the
   worker): a bomb is refused there, naming the entry and the limit.
 The worker functions return plain values (never raise across the process boundary): `(metadata,
@@ -33,7 +35,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -149,7 +151,8 @@ class UploadParsers:
         self.start_timeout_s = limits.PARSER_START_TIMEOUT_S
         self.worker_pid: int | None = None  # of the app's own worker, once it answered a ping
         self._lock = asyncio.Lock()
-        self._busy = False
+        self._job: Future[Parsed] | None = None  # the parse submitted last
+        self._closed = False
 
     async def start(self) -> int | None:
         """Start the app's own worker now (else the first upload does); its pid, None for a
@@ -167,12 +170,10 @@ class UploadParsers:
         async with self._lock:
             for attempt in (1, 2):
                 pool = await self._live_pool()
-                self._busy = True
                 try:
+                    self._job = pool.submit(worker, str(path))
                     async with asyncio.timeout(self.timeout_s):
-                        return await asyncio.get_running_loop().run_in_executor(
-                            pool, worker, str(path)
-                        )
+                        return await asyncio.wrap_future(self._job)
                 except BrokenProcessPool:
                     log.warning("upload_parsers.worker_lost", file=path.name, attempt=attempt)
                     self._drop(pool, kill=False)
@@ -183,8 +184,15 @@ class UploadParsers:
                         f"{path.name}: parsing took longer than the limit of "
                         f"{self.timeout_s:g} s; the parser was stopped"
                     )
-                finally:
-                    self._busy = False
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if self._closed and task is not None and not task.cancelling():
+                        # close() cancelled the queued parse, not our caller
+                        raise Unavailable(
+                            "the server is stopping; retry shortly", retry_after=5
+                        ) from None
+                    self._drop(pool, kill=True)  # nobody waits for it: do not let it run on
+                    raise
         raise Unavailable(
             "the upload parser's worker stopped twice while reading this file; retry shortly",
             retry_after=5,
@@ -194,6 +202,8 @@ class UploadParsers:
         """The pool to parse in: the given one, or the app's own with a worker that answered."""
         if self.pool is not None:
             return self.pool
+        if self._closed:
+            raise Unavailable("the server is stopping; retry shortly", retry_after=5)
         pool = new_parser_pool()
         try:
             async with asyncio.timeout(self.start_timeout_s):
@@ -225,9 +235,10 @@ class UploadParsers:
     def close(self) -> None:
         """Stop the worker if this app started it (killed if mid-parse); a given pool is left
         to its owner."""
+        self._closed = True
         pool = self.pool
         if pool is None or not self._owns_pool:
             return
-        if self._busy:
+        if self._job is not None and not self._job.done():
             self._kill_worker()
         pool.shutdown(wait=True, cancel_futures=True)

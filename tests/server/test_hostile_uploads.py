@@ -24,6 +24,7 @@ import pytest
 from server.clock import FixedClock
 from server.config import ServerConfig
 from server.context import SERVICES
+from server.errors import Unavailable
 from server.services.upload_parsers import Parsed, ParserWorkers, UploadParsers
 from tests.helpers import APKS, Client, Server, ota_zip, seed_sites
 from tests.zipbombs import (
@@ -213,6 +214,37 @@ async def test_stopping_the_server_stops_its_worker(
     pid = parsers.worker_pid
     await server.stop()
     assert pid is not None and wait_gone(pid, 30)
+
+
+async def test_a_cancelled_parse_does_not_run_on() -> None:
+    """A parse whose caller is cancelled (a server stopping) has its worker killed at once: it
+    would otherwise hold the only worker, and the next parse's time bound, for nothing."""
+    parsers = UploadParsers()
+    pid = await parsers.start()
+    assert pid is not None
+    parsers.workers = ParserWorkers(apk=slow_apk_worker)
+    task = asyncio.create_task(parsers.apk(Path("stuck.apk")))
+    await asyncio.sleep(0)  # one step: the task takes the lock and submits the parse
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert wait_gone(pid)
+    parsers.close()
+
+
+async def test_close_during_a_parse_kills_the_worker_and_starts_no_other() -> None:
+    """close() while a parse runs kills the worker (no wait for the parse) and the parse
+    answers 503 instead of starting a worker that would outlive the app."""
+    parsers = UploadParsers()
+    pid = await parsers.start()
+    assert pid is not None
+    parsers.workers = ParserWorkers(apk=slow_apk_worker)
+    task = asyncio.create_task(parsers.apk(Path("stuck.apk")))
+    await asyncio.sleep(0)  # one step: the task takes the lock and submits the parse
+    parsers.close()
+    with pytest.raises(Unavailable, match="stopping"):
+        await task
+    assert wait_gone(pid) and parsers.worker_pid in (None, pid)  # no other worker started
 
 
 WORKER_OWNER = """
