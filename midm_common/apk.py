@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +136,8 @@ class _BoundedEntries:
             return zipguard.read_stored(read, inflated, name, limit, error, self.archive)
         try:
             return zipguard.inflate(read, compressed, name, limit, self.limits, error, self.archive)
-        except (zlib.error, ApkError) as exc:
-            if method == zipguard.DEFLATED or getattr(exc, "reason", "") == "over_limit":
+        except ApkError as exc:
+            if method == zipguard.DEFLATED or exc.reason == "over_limit":
                 raise
         # apkInspector's "tampered" case: not a clean deflate stream, so taken as stored
         read = zipguard.file_reader(self.zip, start)

@@ -111,25 +111,20 @@ def _metadata_bytes(handle: BinaryIO, size: int, archive: str, limits: ZipLimits
     )
     zipguard.check_declared(declared, METADATA_PATH, limit, limits, error, archive)
     read = zipguard.file_reader(handle, zipguard.data_offset(handle, entry, error, archive))
-    try:
-        if entry.method == zipguard.STORED:
-            raw = zipguard.read_stored(
-                read, entry.compressed_size, METADATA_PATH, limit, error, archive
-            )
-        elif entry.method == zipguard.DEFLATED:
-            raw = zipguard.inflate(
-                read, entry.compressed_size, METADATA_PATH, limit, limits, error, archive
-            )
-        else:
-            raise OtaPackageError(
-                f"{archive}: {METADATA_PATH} uses compression method {entry.method}; "
-                "expected stored (0) or deflate (8)",
-                reason="bad_metadata",
-            )
-    except zlib.error as exc:
+    if entry.method == zipguard.STORED:
+        raw = zipguard.read_stored(
+            read, entry.compressed_size, METADATA_PATH, limit, error, archive
+        )
+    elif entry.method == zipguard.DEFLATED:
+        raw = zipguard.inflate(
+            read, entry.compressed_size, METADATA_PATH, limit, limits, error, archive
+        )
+    else:
         raise OtaPackageError(
-            f"{archive}: not a zip archive or truncated ({METADATA_PATH}: {exc})", reason="bad_zip"
-        ) from exc
+            f"{archive}: {METADATA_PATH} uses compression method {entry.method}; "
+            "expected stored (0) or deflate (8)",
+            reason="bad_metadata",
+        )
     if len(raw) != entry.uncompressed_size or zlib.crc32(raw) != entry.crc:
         raise OtaPackageError(
             f"{archive}: not a zip archive or truncated ({METADATA_PATH}: {len(raw)} bytes "

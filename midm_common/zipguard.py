@@ -284,7 +284,7 @@ def inflate(
 ) -> bytes:
     """Inflate a raw deflate stream of `compressed_size` bytes read through `read`, refused as
     soon as it passes `limit` bytes or, past `ratio_grace`, `max_ratio` times the compressed
-    bytes consumed. A stream that ends early is bad_zip (zlib.error for a corrupt one)."""
+    bytes consumed. A corrupt stream, or one that ends early, is bad_zip."""
     decompressor = zlib.decompressobj(-15)
     out = bytearray()
     pending = b""
@@ -294,7 +294,10 @@ def inflate(
         if not pending and left > 0:
             pending = read(min(_READ, left))
             left = left - len(pending) if pending else 0
-        produced = decompressor.decompress(pending, STEP)
+        try:
+            produced = decompressor.decompress(pending, STEP)
+        except zlib.error as exc:
+            raise _bad(error, archive, f"{name}: {exc}") from exc
         consumed += len(pending) - len(decompressor.unconsumed_tail)
         pending = decompressor.unconsumed_tail
         out += produced

@@ -227,3 +227,16 @@ def test_version_code_out_of_range_or_not_ascii_digits_is_named(tmp_path: Path, 
 def test_version_code_as_a_string_within_range_is_read(tmp_path: Path, raw: str, want: int) -> None:
     path = write(tmp_path, "vc.apk", apk_with_version_code(raw))
     assert read_apk_metadata(path).version_code == want
+
+
+def test_a_corrupt_deflate_stream_is_bad_zip(tmp_path: Path) -> None:
+    """Garbage where a deflate stream should be is bad_zip (as a truncated zip is), not a crash."""
+    garbage = bytes(range(256)) * 4
+    archive = raw_zip([RawEntry(MANIFEST, garbage, declared=4096, real_size=4096)])
+    with pytest.raises(ApkError) as caught:
+        read_apk_metadata(write(tmp_path, "corrupt.apk", archive), SMALL)
+    assert caught.value.reason == "bad_zip" and MANIFEST in str(caught.value)
+    ota = raw_zip([RawEntry(OTA_METADATA, garbage, declared=4096, real_size=4096)])
+    with pytest.raises(OtaPackageError) as caught_ota:
+        read_ota_metadata(write(tmp_path, "corrupt.zip", ota), SMALL)
+    assert caught_ota.value.reason == "bad_zip"
