@@ -2,9 +2,10 @@
 
     midm-sim run [SCENARIO.toml] [--target URL --api-key K --admin-email E --admin-password P]
                  [--allow-remote] [--devices N] [--duration S] [--seed N] [--time-scale X]
-                 [--report DIR] [--no-progress]
+                 [--report DIR] [--no-progress] [--metrics-port P [--metrics-host H]]
+                 [--workers W | --shard I/N | --shard-from-env] [--run-id ID]
     midm-sim validate SCENARIO.toml
-    midm-sim merge REPORT_DIR... --report OUT
+    midm-sim merge REPORT_DIR... --report OUT [--allow-missing]
 
 Exit status: 0 every expectation held; 1 an expectation failed (each named on stderr); 2 bad
 scenario or settings (one line); 3 the run could not be done (target unreachable, embedded
@@ -13,6 +14,14 @@ Errors are one line `midm-sim: error: ...`, never a traceback. Without SCENARIO,
 `scenarios/quickstart.toml` (next to the installed package, or in the current folder). Target
 credentials may also come from MIDM_API_KEY, MIDM_ADMIN_EMAIL and MIDM_ADMIN_PASSWORD (flags
 win); this module is the simulator's only reader of the environment.
+
+Shards (simulator/shards.py, simulator/workers.py): `--workers W` runs W shards of the fleet as
+processes on this machine against one target (one embedded server without --target) and merges
+their reports into --report. `--shard I/N` runs shard I of N (0-based) anywhere; N > 1 needs
+--target (all shards share one backend) and a run id common to the shards (--run-id or
+MIDM_SIM_RUN_ID); it writes `<--report>/shard-I`. `--shard-from-env` takes I from
+JOB_COMPLETION_INDEX (a Kubernetes Indexed Job sets it) and N from MIDM_SIM_SHARDS.
+`merge` takes report folders, report.json files or a run's folder of shard-* folders.
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ import structlog
 
 from simulator import __version__
 from simulator.errors import SettingsError, SimulatorError
+from simulator.plan.shards import Shard, ShardError, parse_shard
 
 log = structlog.get_logger("simulator.cli")
 COMMANDS = ("run", "validate", "merge")
-NOT_YET = ("workers", "shard", "metrics_port")  # accepted, refused: "not available yet"
+NOT_YET: tuple[str, ...] = ()  # accepted, refused: "not available yet"
 INTERRUPTED = 130
 QUICKSTART = "quickstart.toml"
 
@@ -61,6 +71,20 @@ def _int(text: str) -> int:
         return int(text, 0)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535; 0: a free one)")
+    return value
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except ShardError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _positive_float(text: str) -> float:
@@ -100,9 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--time-scale", type=_positive_float, help="run schedules X times faster")
     run.add_argument("--report", type=Path, help="report folder (default ./sim-report/<time>)")
     run.add_argument("--no-progress", action="store_true", help="plain lines, no live display")
-    run.add_argument("--workers", type=_positive_int, help="worker processes (not available yet)")
-    run.add_argument("--shard", help="I/N: run shard I of N (not available yet)")
-    run.add_argument("--metrics-port", type=int, help="Prometheus figures (not available yet)")
+    run.add_argument(
+        "--workers", type=_positive_int, help="run W processes here, each a shard; merge them"
+    )
+    run.add_argument(
+        "--shard", type=_shard, help="I/N: run shard I of N (0-based); writes <--report>/shard-I"
+    )
+    run.add_argument(
+        "--shard-from-env",
+        action="store_true",
+        help="the shard from JOB_COMPLETION_INDEX (Kubernetes) of MIDM_SIM_SHARDS",
+    )
+    run.add_argument("--run-id", help="the id every shard of one run shares (or MIDM_SIM_RUN_ID)")
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="P",
+        help="serve live figures for Prometheus on port P (0: a free one; worker i: P+i)",
+    )
+    run.add_argument(
+        "--metrics-host", metavar="H", help="where --metrics-port listens (default 127.0.0.1)"
+    )
     validate = commands.add_parser("validate", help="check a scenario and print its plan")
     validate.add_argument("scenario", type=Path)
     validate.add_argument("--devices", type=_positive_int)
@@ -112,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="merge the reports of a run's shards")
     merge.add_argument("reports", nargs="+", type=Path)
     merge.add_argument("--report", type=Path, required=True)
+    merge.add_argument(
+        "--allow-missing", action="store_true", help="merge the shards there are (partial)"
+    )
     return parser
 
 
@@ -136,7 +181,8 @@ def run_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
     for name in NOT_YET:
         if getattr(args, name) is not None:
             flag = "--" + name.replace("_", "-")
-            raise SettingsError(f"{flag}: not available yet (one worker process, no shards)")
+            raise SettingsError(f"{flag}: not available yet")
+    shard, run_id, workers = shard_settings(args, env)
     api_key = args.api_key or env.get("MIDM_API_KEY") or None
     email = args.admin_email or env.get("MIDM_ADMIN_EMAIL") or None
     password = args.admin_password or env.get("MIDM_ADMIN_PASSWORD") or None
@@ -165,7 +211,81 @@ def run_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
         time_scale=args.time_scale,
         report_dir=args.report,
         progress=not args.no_progress,
+        shard=shard,
+        run_id=run_id,
+        workers=workers,
+        allow_remote=args.allow_remote,
+        log_level=args.log_level,
+        **_metrics_settings(args),
     )
+
+
+def _metrics_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """--metrics-port/--metrics-host as RunSettings fields (simulator.prometheus: with
+    --workers W, worker i serves on P+i)."""
+    from simulator import prometheus
+
+    if args.metrics_port is None:
+        if args.metrics_host is not None:
+            raise SettingsError("--metrics-host needs --metrics-port")
+        return {}
+    prometheus.check_port(args.metrics_port, workers=args.workers or 1)
+    return {
+        "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host or prometheus.DEFAULT_HOST,
+    }
+
+
+def shard_settings(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[Shard, str | None, int]:
+    """The shard, the run id and the worker count asked for (SettingsError)."""
+    from simulator.shards import check_run_id
+
+    shard: Shard = args.shard or Shard()
+    if args.shard_from_env:
+        if args.shard is not None:
+            raise SettingsError("give --shard or --shard-from-env, not both")
+        shard = shard_from_env(env)
+    workers = args.workers or 1
+    if workers > 1 and not shard.whole:
+        raise SettingsError(
+            f"--workers with --shard {shard}: not supported (run {workers * shard.count} shards "
+            "instead, or --workers alone)"
+        )
+    run_id = args.run_id or env.get("MIDM_SIM_RUN_ID") or None
+    if run_id is not None:
+        check_run_id(run_id)
+    if not shard.whole:
+        if args.target is None:
+            raise SettingsError(
+                f"--shard {shard} needs --target: the shards of one run share one backend "
+                "(--workers starts one embedded server for its shards)"
+            )
+        if run_id is None:
+            raise SettingsError(
+                f"--shard {shard} needs --run-id (or MIDM_SIM_RUN_ID): the same id for every "
+                "shard of one run, so that they meet shard 0 and merge together"
+            )
+    return shard, run_id, workers
+
+
+def shard_from_env(env: Mapping[str, str]) -> Shard:
+    """Shard JOB_COMPLETION_INDEX of MIDM_SIM_SHARDS (a Kubernetes Indexed Job's pod)."""
+    index, count = env.get("JOB_COMPLETION_INDEX"), env.get("MIDM_SIM_SHARDS")
+    if not index or not count:
+        missing = [
+            name
+            for name, value in (("JOB_COMPLETION_INDEX", index), ("MIDM_SIM_SHARDS", count))
+            if not value
+        ]
+        raise SettingsError(f"--shard-from-env: {' and '.join(missing)} not set")
+    try:
+        return parse_shard(f"{index.strip()}/{count.strip()}")
+    except ShardError as exc:
+        raise SettingsError(
+            f"--shard-from-env: JOB_COMPLETION_INDEX/MIDM_SIM_SHARDS {exc}"
+        ) from None
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -216,6 +336,11 @@ def command_run(args: argparse.Namespace) -> int:
 
     settings = run_settings(args, os.environ)
     plan = runner.plan_of(settings)  # bad scenario: exit 2 before anything starts
+    if settings.workers > 1:
+        from simulator import workers
+
+        env = dict(os.environ)
+        return run_async(lambda stop: workers.main(settings, plan, stop, env))
     return run_async(lambda stop: runner.main(settings, plan, stop))
 
 
@@ -236,11 +361,15 @@ def command_validate(args: argparse.Namespace) -> int:
 
 def command_merge(args: argparse.Namespace) -> int:
     """Merge shards' reports exactly (simulator.report.merge) and check the expectations again:
-    exit 0 or 1 as a run; a folder that holds no report of the same run is exit 2."""
-    from simulator import report
+    exit 0 or 1 as a run; reports that are not of one run (simulator.shards.check) exit 2."""
+    from simulator import report, shards
 
     try:
-        merged = report.merge([report.read(path) for path in args.reports])
+        sources = shards.load(args.reports)
+        verdict = shards.check(sources, allow_missing=args.allow_missing)
+        merged = report.merge(
+            [s.report for s in sources], warnings=verdict.warnings, missing=verdict.missing
+        )
     except report.ReportError as exc:
         raise SettingsError(f"merge: {exc}") from None
     report.write(args.report, merged)

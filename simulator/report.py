@@ -3,7 +3,9 @@
 `build()` turns the plan, the metrics snapshot and what the runner found at the end (devices,
 consistency, the server's profile status) into the §9 dict, with the expectations checked on it.
 The dict also keeps the mergeable snapshot (`snapshot`): `merge()` of several shards' reports
-adds their histograms and counts exactly and checks the expectations again. `write()` saves
+adds their histograms and counts exactly and checks the expectations again (which reports may be
+merged is simulator/shards.py's `check()`). A shard of a run split N > 1 ways is built with
+`judge=False`: its expectations are the merged report's to check. `write()` saves
 report.json and report.html; `print_summary()` prints the summary table with rich.
 """
 
@@ -48,14 +50,19 @@ def build(
     server_status: Mapping[str, Mapping[str, Any]] | None = None,
     events: Mapping[str, int] | None = None,
     shard: tuple[int, int] = (0, 1),
+    shard_info: Mapping[str, Any] | None = None,
     versions: Mapping[str, str] | None = None,
     partial: bool = False,
+    judge: bool = True,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The §9 report of one run (or shard). `devices` {planned, enrolled, failed, saved_twice,
     ...} (planned defaults to the plan's); `consistency` {checked, mismatches [{serial, field,
     device, server}]}; `server_status` profile/status counts by profile name (or uuid): its
-    `scoped` is the convergence's denominator; `events` e.g. {lost, duplicated}; `partial`: the
-    run was stopped before its duration (Ctrl-C)."""
+    `scoped` is the convergence's denominator; `events` e.g. {lost, duplicated}; `shard` (index,
+    count) and `shard_info` more keys of `shard` (run_id, t0, ...); `partial`: the run was
+    stopped before its duration (Ctrl-C); `judge` False: the expectations are not checked (a
+    shard's: merge checks them); `warnings` added to the report's own."""
     return assemble(
         scenario={
             "name": plan.scenario,
@@ -63,7 +70,7 @@ def build(
             "plan_hash": plan.plan_hash(),
             "plan": plan.to_json(),
         },
-        checks=plan.expectations,
+        checks=plan.expectations if judge else (),
         seed=plan.seed,
         snapshot=snapshot,
         target=target,
@@ -73,9 +80,10 @@ def build(
         consistency=consistency,
         server_status=server_status,
         events=events,
-        shard={"index": shard[0], "count": shard[1]},
+        shard={"index": shard[0], "count": shard[1], **(shard_info or {})},
         versions=versions,
         partial=partial,
+        warnings=warnings,
     )
 
 
@@ -95,6 +103,7 @@ def assemble(
     shard: Mapping[str, Any],
     versions: Mapping[str, str] | None,
     partial: bool,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """`build()` from JSON parts (what `merge()` has of a plan)."""
     generator = _generator(snapshot, duration_s)
@@ -119,7 +128,7 @@ def assemble(
             "mismatches": list((consistency or {}).get("mismatches", [])),
         },
         "events": {"queued": snapshot.events_queued, **(events or {})},
-        "warnings": _warnings(generator, partial),
+        "warnings": [*_warnings(generator, partial), *warnings],
     }
     report["expectations"] = expectations.check(checks, report)
     report["snapshot"] = snapshot.to_json()
@@ -234,20 +243,31 @@ def _warnings(generator: Mapping[str, Any], partial: bool) -> list[str]:
 # --- merging shards ---------------------------------------------------------------------------
 
 
-def merge(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def merge(
+    reports: Sequence[Mapping[str, Any]],
+    *,
+    warnings: Sequence[str] = (),
+    missing: Sequence[int] = (),
+) -> dict[str, Any]:
     """One report of the shards of one run (same plan hash and seed): histograms and counts
-    added exactly (midm-sim merge), devices and events summed, mismatches joined, expectations
-    checked again on the merged figures."""
+    added exactly (midm-sim merge), devices, events and the fleet's counts summed, mismatches
+    joined, the admin timeline and the server's profile scopes taken from the shard that ran
+    them (shard 0), expectations checked again on the merged figures. `warnings` (from
+    simulator.shards.check) are added; `missing` shard indexes make the report partial."""
     if not reports:
         raise ReportError("no reports to merge")
     first = reports[0]
     try:
-        runs = {(r["scenario"]["plan_hash"], r["seed"]) for r in reports}
+        runs = [(str(r["scenario"]["plan_hash"]), r["seed"]) for r in reports]
         snapshots = [MetricsSnapshot.from_json(r["snapshot"]) for r in reports]
     except (KeyError, TypeError, ValueError) as exc:
         raise ReportError(f"not a {SCHEMA} report with a snapshot ({exc})") from exc
-    if len(runs) > 1:
-        raise ReportError("the reports are of different runs (plan hash or seed differ)")
+    other = next((run for run in runs if run != runs[0]), None)
+    if other is not None:
+        raise ReportError(
+            f"the reports are of different runs (plan hash {runs[0][0][:12]}, seed {runs[0][1]} "
+            f"vs plan hash {other[0][:12]}, seed {other[1]})"
+        )
     try:
         snapshot = merge_snapshots(snapshots)
     except ValueError as exc:
@@ -256,16 +276,28 @@ def merge(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     checks = [
         Expectation(name=str(e["name"]), expr=str(e["expr"])) for e in plan.get("expectations", [])
     ]
-    server_status = {
-        name: entry["server"]
-        for name, entry in first.get("convergence", {}).items()
-        if isinstance(entry.get("server"), Mapping)
-    }
+    server_status: dict[str, Mapping[str, Any]] = {}
+    for r in reports:
+        for name, entry in r.get("convergence", {}).items():
+            if isinstance(entry.get("server"), Mapping):
+                server_status.setdefault(name, entry["server"])
     mismatches = [m for r in reports for m in r.get("consistency", {}).get("mismatches", [])]
     extra_events = [
         {k: v for k, v in r.get("events", {}).items() if k != "queued"} for r in reports
     ]
-    return assemble(
+    shards = [r.get("shard") or {} for r in reports]
+    count = max((int(s.get("count") or 1) for s in shards), default=1)
+    run_ids = {s.get("run_id") for s in shards}
+    shard: dict[str, Any] = {
+        "index": None,
+        "count": count if count > 1 else len(reports),
+        "merged": shards,
+    }
+    if len(run_ids) == 1 and None not in run_ids:
+        shard["run_id"] = run_ids.pop()
+    if missing:
+        shard["missing"] = list(missing)
+    merged = assemble(
         scenario=first["scenario"],
         checks=checks,
         seed=first["seed"],
@@ -280,10 +312,57 @@ def merge(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         },
         server_status=server_status,
         events=figures.sum_counts(extra_events),
-        shard={"index": None, "count": len(reports), "merged": [r.get("shard") for r in reports]},
+        shard=shard,
         versions=first.get("versions"),
         partial=any(r.get("partial", False) for r in reports),
+        warnings=warnings,
     )
+    if missing:
+        merged["partial"] = True
+    _merge_extras(merged, reports)
+    return merged
+
+
+def _merge_extras(merged: dict[str, Any], reports: Sequence[Mapping[str, Any]]) -> None:
+    """What runner.execute adds beside build(): the fleet's counts, the collector's pauses,
+    the admin timeline, the embedded server's CPU."""
+    fleets = [r["fleet"] for r in reports if isinstance(r.get("fleet"), Mapping)]
+    if fleets:
+        lags = [f.get("start_lag_ms") or {} for f in fleets]
+        merged["fleet"] = {
+            # shards' arrival lags are not mergeable percentiles: the worst shard's (an upper
+            # bound of the run's)
+            "start_lag_ms": {
+                key: max((float(lag.get(key) or 0.0) for lag in lags), default=0.0)
+                for key in ("p50", "p99", "max")
+            },
+            **{
+                key: sum(int(f.get(key) or 0) for f in fleets)
+                for key in ("checkins", "checkin_failures", "consistency_settled")
+            },
+            "agent_errors": [e for f in fleets for e in f.get("agent_errors") or []][:20],
+        }
+    gcs = [r["generator"]["gc"] for r in reports if isinstance(r["generator"].get("gc"), Mapping)]
+    if gcs:
+        merged["generator"]["gc"] = {
+            "freezes": sum(int(g.get("freezes") or 0) for g in gcs),
+            "collections": [sum(c) for c in zip(*(g["collections"] for g in gcs), strict=True)],
+            "max_pause_ms": [max(p) for p in zip(*(g["max_pause_ms"] for g in gcs), strict=True)],
+            "frozen_objects": sum(int(g.get("frozen_objects") or 0) for g in gcs),
+        }
+    timeline = [a for r in reports for a in r.get("admin_timeline") or []]
+    if timeline:
+        merged["admin_timeline"] = timeline
+    servers = [r["server"] for r in reports if isinstance(r.get("server"), Mapping)]
+    if servers:
+        cpu = sum(float(s.get("cpu_s") or 0.0) for s in servers)
+        duration = float(merged["duration_s"])
+        merged["server"] = {
+            "process": servers[0].get("process"),
+            "cpu_s": round(cpu, 3),
+            "cpu_share": round(cpu / duration, 3) if duration > 0 else None,
+        }
+    merged["snapshot"] = merged.pop("snapshot")  # keep the snapshot last, as build() does
 
 
 # --- files and the terminal -------------------------------------------------------------------

@@ -15,6 +15,13 @@ failed (each named on stderr), 130 interrupted (the partial report is written al
 `devices.saved_twice`: the device/save calls this run made per serial (the admin client counts
 them; agents here never save: they have the API key only) beyond the one bulk save and the
 timeline's own re-saves of that serial.
+
+Shards (`--shard I/N`, N > 1; simulator/shards.py has the decisions): every shard expands the
+whole plan and runs its own devices (simulator/plan/shards.py). Shard 0 runs the set-up and the
+timeline as above, then publishes the run's t0 (a little ahead) on the target; the others wait
+for it, then schedule their agents and count their metrics from that same t0 (their agents'
+clock is set to shard 0's simulated wall clock at t0). A shard writes `<--report>/shard-<I>`
+and checks no expectations (the merge does): its exit is 0 when its part ran.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ import asyncio
 import contextlib
 import ipaddress
 import math
+import random
 import resource
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +51,7 @@ from agent.clock import ScaledClock, SystemClock
 from agent.runtime.artifacts import ArtifactStore
 from agent.transport.base import Exchange, Observer
 from agent.transport.fleet import FleetTransports
-from simulator import progress, report
+from simulator import progress, prometheus, report, shards
 from simulator.admin import AdminClient, AdminRefused, AdminUnauthorized
 from simulator.consistency import check, settle
 from simulator.embedded import EmbeddedServer, embedded_server
@@ -53,6 +61,7 @@ from simulator.heap import HeapKeeper
 from simulator.metrics import Metrics
 from simulator.plan.expand import expand
 from simulator.plan.model import ActionKind, Plan
+from simulator.plan.shards import Shard, resaved, serials_digest, shard_plan
 from simulator.scenario import load
 from simulator.timeline import ActionResult, Timeline
 
@@ -66,6 +75,9 @@ SUMMARY_WIDTH = 120
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 FDS_PER_DEVICE = 2  # a push channel and a pooled connection
 FDS_SPARE = 512
+LOGIN_ATTEMPTS = 6  # an admin login answered 429/503 (the server's login queue is full: many
+LOGIN_RETRY_S = 0.5  # shards log in at once) is tried again after 0.5, 1, 2, 4, 8 s (+ jitter)
+LATE_WARNING_S = 1.0  # a shard whose fleet starts later than this after t0 says so
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +95,13 @@ class RunSettings:
     time_scale: float | None = None
     report_dir: Path | None = None
     progress: bool = True
+    shard: Shard = field(default_factory=Shard)  # the whole run
+    run_id: str | None = None  # shards of one run share it (required when shard.count > 1)
+    workers: int = 1  # > 1: simulator.workers runs that many shards on this machine
+    allow_remote: bool = False  # (passed on to workers)
+    log_level: str = "error"  # (passed on to workers)
+    metrics_port: int | None = None  # serve live figures for Prometheus (simulator.prometheus)
+    metrics_host: str = prometheus.DEFAULT_HOST
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,6 +240,12 @@ async def probe(url: str) -> None:
 async def main(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> int:
     """Run, print the summary and the failed expectations; the exit status."""
     outcome = await execute(settings, plan, stop)
+    show(outcome)
+    return outcome.exit_code
+
+
+def show(outcome: Outcome) -> None:
+    """The summary table, the CPU line, where the report is, each failed expectation."""
     # off a terminal rich assumes 80 columns: the endpoint names would be cut
     console = Console() if sys.stdout.isatty() else Console(width=SUMMARY_WIDTH)
     report.print_summary(outcome.report, console)
@@ -232,6 +257,12 @@ async def main(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> int:
             f"cpu: generator {generator['cpu_s']} s ({generator['cpu_share']} of the run), "
             f"embedded server {server['cpu_s']} s ({server['cpu_share']})\n"
         )
+    shard = outcome.report.get("shard") or {}
+    if shard.get("index") is not None and int(shard.get("count") or 1) > 1:
+        out.write(
+            f"shard {shard['index']}/{shard['count']} of run {shard.get('run_id')}: the "
+            "expectations are checked on the merged report (midm-sim merge)\n"
+        )
     out.write(f"report: {outcome.directory / report.JSON_NAME}\n")
     out.write(f"        {outcome.directory / report.HTML_NAME}\n")
     for failed in outcome.failed:
@@ -241,16 +272,39 @@ async def main(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> int:
         )
     if outcome.interrupted:
         sys.stderr.write("midm-sim: interrupted: the report is partial\n")
-    return outcome.exit_code
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Begin:
+    """When this process's fleet starts: `t0` on the agents' clock, `t0_real` on
+    time.monotonic(); for a shard, the run's t0 and how this shard met it."""
+
+    clock: ScaledClock
+    t0: float
+    t0_real: float
+    start: shards.Start | None = None
+    rendezvous: shards.Rendezvous | None = None
+    late_s: float = 0.0  # how long after t0 this shard met it
 
 
 async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Outcome:
-    """One run against the embedded server or the target; its report, written."""
+    """One run (or shard) against the embedded server or the target; its report, written."""
     system = SystemClock()
     started_ms = system.now_ms()
+    shard = settings.shard
     directory = settings.report_dir or default_report_dir(started_ms)
-    raise_open_files(len(plan.devices))
+    if not shard.whole:
+        directory = shards.shard_folder(directory, shard)
+    mine = shard_plan(plan, shard)  # this process's devices
+    raise_open_files(len(mine.devices))
     async with contextlib.AsyncExitStack() as stack:
+        exporter: prometheus.Exporter | None = None
+        if settings.metrics_port is not None:  # first: a port in use is exit 2 at once
+            info = prometheus.run_info(plan, str(shard))
+            exporter = await stack.enter_async_context(
+                prometheus.serve(settings.metrics_host, settings.metrics_port, info=info)
+            )
+            sys.stderr.write(f"midm-sim: metrics: {exporter.url}\n")
         server: EmbeddedServer | None = None
         if settings.target is None:
             server = await stack.enter_async_context(
@@ -265,8 +319,8 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
             email, password = settings.admin_email or "", settings.admin_password or ""
         clock = ScaledClock(plan.time_scale)
         relay = Relay()
-        try:
-            admin = await stack.enter_async_context(
+        admin = await stack.enter_async_context(
+            _AdminLogin(
                 AdminClient(
                     url,
                     api_key=api_key,
@@ -275,60 +329,67 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
                     observer=relay,
                     clock=clock,
                     timeout_s=ADMIN_TIMEOUT_S,
-                )
+                ),
+                rng=random.Random(plan.seed ^ shard.index),  # noqa: S311 - retry jitter
             )
-        except AdminUnauthorized as exc:
-            raise SettingsError(
-                f"{url} refused the admin login ({exc.message}): check --admin-email, "
-                "--admin-password and --api-key"
-            ) from None
+        )
         saves: list[ActionResult] = []  # profile saves before the metrics exist
         timeline = Timeline(plan, admin, on_action=saves.append)
-        await timeline.setup()
-
-        t0 = clock.monotonic()
+        begin = await _begin(settings, plan, admin, timeline, clock, system, stop)
+        clock = begin.clock
         server_cpu_t0 = server.cpu_s() if server is not None else None
-        metrics = Metrics(time.monotonic, time_scale=plan.time_scale)
+        metrics = Metrics(time.monotonic, time_scale=plan.time_scale, origin=begin.t0_real)
         relay.attach(metrics.observe)
 
         def on_action(result: ActionResult) -> None:
             if result.action is ActionKind.SAVE_PROFILE and result.uuid and not result.error:
                 metrics.profile_saved(result.name, result.uuid)
 
-        for result in saves:
-            on_action(result)
+        for result in saves:  # the set-up's saves: actions at 0 s
+            if result.action is ActionKind.SAVE_PROFILE and result.uuid and not result.error:
+                metrics.profile_saved(result.name, result.uuid, at_s=0.0)
         timeline.on_action = on_action
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="midm-sim-artifacts-"))
         transports = await stack.enter_async_context(
             FleetTransports(url, timeout_s=REQUEST_TIMEOUT_S, clock=clock, observer=metrics.observe)
         )
         fleet = Fleet(
-            plan,
+            mine,
             FleetSettings(server_url=url, api_key=api_key, request_timeout_s=REQUEST_TIMEOUT_S),
             clock=clock,
             transports=transports,
             artifacts=ArtifactStore(Path(scratch)),
             on_event=metrics.device_event,
         )
+        if exporter is not None:
+            exporter.attach(
+                prometheus.RunCollector(
+                    metrics,
+                    lambda: prometheus.DeviceCounts(
+                        planned=len(mine.devices), started=len(fleet.devices), running=fleet.up
+                    ),
+                )
+            )
         duration_real = plan.duration_s / plan.time_scale
         display = progress.ProgressDisplay(
             lambda: progress.figures(
                 metrics.statistics(),
                 devices_up=fleet.up,
-                devices_planned=len(plan.devices),
+                devices_planned=len(mine.devices),
                 duration_s=duration_real,
             ),
             live=None if settings.progress else False,
         )
         ended = asyncio.Event()
-        real_start = time.monotonic()
-        interrupted = stop.is_set()
+        t0 = begin.t0
+        interrupted = stop.is_set() or (begin.start is None and not shard.whole)
         keeper = HeapKeeper()
         with display:
             async with keeper, metrics.generator_probe(), asyncio.TaskGroup() as group:
                 if not interrupted:
                     group.create_task(fleet.run(ended, t0=t0), name="fleet")
-                    group.create_task(timeline.run(ended, t0=t0), name="timeline")
+                    if shard.runs_timeline:
+                        group.create_task(timeline.run(ended, t0=t0), name="timeline")
                     group.create_task(_count_websockets(fleet, metrics, ended), name="ws")
                     group.create_task(display.run(ended, system, PROGRESS_S), name="progress")
                     interrupted = await clock.wait_for(
@@ -338,12 +399,18 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
                 # the loop, and that is not a stall the devices' schedules suffered
                 await metrics.stop_generator_probe()
                 ended.set()
-        duration_s = time.monotonic() - real_start
+        duration_s = max(0.0, time.monotonic() - begin.t0_real)
         snapshot = metrics.snapshot()
         server_cpu = _cpu_since(server, server_cpu_t0)
         log.info("runner.stopped", seconds=round(duration_s, 3), interrupted=interrupted)
 
-        settled = await settle(fleet.devices, also=timeline.resaved)
+        serials = {d.serial for d in mine.devices}
+        also = (
+            timeline.resaved
+            if shard.runs_timeline
+            else resaved(plan, serials, duration_s * plan.time_scale)
+        )
+        settled = await settle(fleet.devices, also=also)
         consistency = await check(
             fleet.devices,
             admin,
@@ -359,6 +426,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
             started=datetime.fromtimestamp(started_ms / 1000, tz=UTC).isoformat(),
             duration_s=duration_s,
             devices={
+                "planned": len(mine.devices),
                 "started": stats.started,
                 "enrolled": stats.enrolled,
                 "failed": stats.failed,
@@ -366,7 +434,11 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
             },
             consistency=consistency.to_json(),
             server_status=server_status,
+            shard=(shard.index, shard.count),
+            shard_info=None if shard.whole else _shard_info(settings, mine, begin),
             partial=interrupted,
+            judge=shard.whole,
+            warnings=_late_warning(shard, begin),
         )
         built["generator"]["gc"] = keeper.figures().to_json()
         built["fleet"] = {
@@ -394,6 +466,101 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
         ]
         report.write(directory, built)
     return Outcome(report=built, directory=directory, interrupted=interrupted)
+
+
+async def _begin(
+    settings: RunSettings,
+    plan: Plan,
+    admin: AdminClient,
+    timeline: Timeline,
+    clock: ScaledClock,
+    system: SystemClock,
+    stop: asyncio.Event,
+) -> _Begin:
+    """Set up (shard 0) or meet shard 0's t0 (the others); when the fleet starts."""
+    shard, rate = settings.shard, plan.time_scale
+    if shard.runs_timeline:
+        await timeline.setup()
+        if shard.whole:
+            return _Begin(clock=clock, t0=clock.monotonic(), t0_real=time.monotonic())
+        margin = shards.START_MARGIN_S
+        start = shards.Start(
+            t0_ms=system.now_ms() + round(margin * 1000),
+            clock_ms=clock.now_ms() + round(margin * rate * 1000),
+        )
+        t0, t0_real = clock.monotonic() + margin * rate, time.monotonic() + margin
+        await shards.publish(admin, settings.run_id or "", start)
+        return _Begin(clock=clock, t0=t0, t0_real=t0_real, start=start)
+    met = await shards.wait_for_start(admin, settings.run_id or "", stop)
+    if met.start is None:  # stopped while waiting
+        return _Begin(clock=clock, t0=clock.monotonic(), t0_real=time.monotonic(), rendezvous=met)
+    start, now_ms = met.start, system.now_ms()
+    # the agents' simulated wall clock agrees with shard 0's: at t0 it reads start.clock_ms
+    agents = ScaledClock(rate, start_ms=start.clock_ms + round((now_ms - start.t0_ms) * rate))
+    ahead_s = (start.t0_ms - now_ms) / 1000  # negative: this shard is late
+    return _Begin(
+        clock=agents,
+        t0=agents.monotonic() + ahead_s * rate,
+        t0_real=time.monotonic() + ahead_s,
+        start=start,
+        rendezvous=met,
+        late_s=max(0.0, -ahead_s),
+    )
+
+
+def _shard_info(settings: RunSettings, mine: Plan, begin: _Begin) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "run_id": settings.run_id,
+        "devices": len(mine.devices),
+        "serials_sha256": serials_digest(mine.devices),
+    }
+    if begin.start is not None:
+        info["t0"] = datetime.fromtimestamp(begin.start.t0_ms / 1000, tz=UTC).isoformat()
+    if begin.rendezvous is not None:
+        info["rendezvous"] = {
+            "polls": begin.rendezvous.polls,
+            "waited_s": round(begin.rendezvous.waited_s, 3),
+            "late_s": round(begin.late_s, 3),
+        }
+    return info
+
+
+def _late_warning(shard: Shard, begin: _Begin) -> list[str]:
+    if begin.late_s <= LATE_WARNING_S:
+        return []
+    return [
+        f"shard {shard} met the run's t0 {begin.late_s:.1f} s late (shard 0 was ready before "
+        "it): its first arrivals started late"
+    ]
+
+
+class _AdminLogin(contextlib.AbstractAsyncContextManager[AdminClient]):
+    """`async with` the admin client, its login tried again while the target answers 429/503
+    (every shard logs in at once); a refused login is a SettingsError (exit 2)."""
+
+    def __init__(self, admin: AdminClient, *, rng: random.Random) -> None:
+        self.admin, self.rng = admin, rng
+
+    async def __aenter__(self) -> AdminClient:
+        attempt = 0
+        while True:
+            try:
+                return await self.admin.__aenter__()
+            except AdminUnauthorized as exc:
+                raise SettingsError(
+                    f"{self.admin.base_url} refused the admin login ({exc.message}): check "
+                    "--admin-email, --admin-password and --api-key"
+                ) from None
+            except AdminRefused as exc:
+                attempt += 1
+                if exc.status not in (429, 503) or attempt >= LOGIN_ATTEMPTS:
+                    raise
+                delay = LOGIN_RETRY_S * 2 ** (attempt - 1) * (1 + self.rng.random())
+                log.info("runner.login_retry", status=exc.status, delay_s=round(delay, 3))
+                await asyncio.sleep(delay)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.admin.close()
 
 
 def _cpu_since(server: EmbeddedServer | None, start: float | None) -> float | None:

@@ -35,9 +35,9 @@ def one_line(text: str) -> str:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (("--workers", "2"), "--workers: not available yet"),
-        (("--shard", "1/2"), "--shard: not available yet"),
-        (("--metrics-port", "9100"), "--metrics-port: not available yet"),
+        (("--workers", "2", "--shard", "0/2"), "--workers with --shard 0/2: not supported"),
+        (("--shard", "1/2"), "--shard 1/2 needs --target"),
+        (("--metrics-port", "70000"), "argument --metrics-port: 70000 is not a port"),
         (("--target", "http://10.1.2.3:8080", *CREDS), "--allow-remote"),
         (("--target", "http://example.com", *CREDS), "not a loopback address"),
         (("--target", "ftp://127.0.0.1", *CREDS), "http:// or https://"),
