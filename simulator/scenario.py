@@ -138,6 +138,23 @@ Schema: every key optional unless marked *required*; this block is itself a vali
     at_s = 50
     action = "revoke_tokens"   # the admin's access token is revoked; the timeline logs in again
 
+    [[faults]]                 # between the devices and the target, for a while (any number)
+    type = "latency"           # latency | outage | refused | drop | reset | truncate | status |
+                               # bandwidth | clock_jump (what each does: simulator/plan/faults.py)
+    at_s = 20                  # from (scenario seconds)
+    until_s = 40               # to (exclusive; default: the end of the run)
+    kinds = ["tablet"]         # the kinds it hits (default: every kind)
+    endpoints = ["checkin"]    # the requests it hits: register, checkin, apps, profiles,
+                               # ota_next, events, download, push, ... (default: all)
+    latency_ms = 2000          # latency: added before each request
+    jitter_ms = 500            # latency: plus a uniform 0..jitter
+    # probability = 0.5        # drop, reset, truncate, status, refused: share of requests hit
+    # status = 503             # status: the answer (429, 500, 502, 503, 504)
+    # retry_after_s = 5        # status: with Retry-After (default: none)
+    # at_fraction = 0.5        # reset, truncate: a download stops after this share of the file
+    # kbps = 256               # bandwidth: each device's downloads at most this fast
+    # jump_s = 86400           # clock_jump: the kinds' wall clocks jump by this at at_s
+
     [expectations]             # NAME = "expression", checked on the report at the end; the
                                # language and its metrics: simulator/expectations.py
     converged = 'convergence("rollout").t99_s < 30'    # "rollout": a profile saved above
@@ -149,6 +166,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -160,6 +178,7 @@ from typing import Any, NoReturn
 from agent import protocol
 from simulator import expectations as language
 from simulator.plan.expand import freeze, phases_of, time_of
+from simulator.plan.faults import DOWNLOAD, PUSH, Fault, FaultType
 from simulator.plan.model import (
     ActionKind,
     AdminAction,
@@ -187,7 +206,16 @@ _TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 
 # -- the scenario ----------------------------------------------------------------------------
 
-TOP_KEYS = ("scenario", "catalog", "kinds", "arrival", "timeline", "expectations")
+TOP_KEYS = ("scenario", "catalog", "kinds", "arrival", "timeline", "faults", "expectations")
+FAULT_KEYS = (
+    "type", "at_s", "until_s", "kinds", "endpoints", "latency_ms", "jitter_ms", "probability",
+    "status", "retry_after_s", "at_fraction", "kbps", "jump_s",
+)  # fmt: skip
+FAULT_ENDPOINTS = (
+    "login", "exists", "save", "register", "checkin", "apps", "profiles", "ota_next", "events",
+    DOWNLOAD, PUSH,
+)  # fmt: skip
+FAULT_STATUSES = (429, 500, 502, 503, 504)
 SCENARIO_KEYS = (
     "name", "description", "duration_s", "time_scale", "seed", "devices", "serial_prefix",
 )  # fmt: skip
@@ -271,6 +299,7 @@ class _Reader:
         timeline = self.timeline(top, kinds)
         profiles = {str(a.args["name"]) for a in timeline if a.action is ActionKind.SAVE_PROFILE}
         expectations = self.expectations(top.table("expectations"), profiles)
+        faults = self.faults(top, kinds, duration)
         scenario = Scenario(
             name=head.string("name", stem),
             description=head.string("description", ""),
@@ -285,6 +314,7 @@ class _Reader:
             arrival=arrival,
             timeline=timeline,
             expectations=expectations,
+            faults=faults,
         )
         self.check_arrivals(scenario)
         return scenario
@@ -516,6 +546,63 @@ class _Reader:
             )
 
     # timeline ----------------------------------------------------------------------------
+
+    def faults(
+        self, top: Fields, kinds: tuple[KindSpec, ...], duration: float
+    ) -> tuple[Fault, ...]:
+        known = [k.kind.name for k in kinds]
+        faults = []
+        for i, raw in enumerate(top.array("faults", [])):
+            t = Fields(self.ctx, ("faults", i), raw, FAULT_KEYS)
+            kind = FaultType(t.string("type", choices=tuple(FaultType)))
+            start = t.number("at_s", minimum=0.0)
+            end = t.number("until_s", math.inf)
+            if end <= start:
+                t.fail("until_s", f"must be after at_s ({start:g}), not {end:g}")
+            if kind is FaultType.CLOCK_JUMP and t.has("until_s"):
+                t.fail("until_s", "a clock jump happens at at_s and stays")
+            for j, name in enumerate(t.strings("kinds")):
+                if name not in known:
+                    self.ctx.fail(("faults", i, "kinds", j), f"no kind is named {name!r}")
+            for j, name in enumerate(t.strings("endpoints")):
+                if name not in FAULT_ENDPOINTS:
+                    self.ctx.fail(
+                        ("faults", i, "endpoints", j),
+                        f"must be one of {', '.join(FAULT_ENDPOINTS)}, not {name!r}",
+                    )
+            status = t.integer("status", 503)
+            if status not in FAULT_STATUSES:
+                t.fail("status", f"must be one of {', '.join(map(str, FAULT_STATUSES))}")
+            needs = {
+                FaultType.LATENCY: "latency_ms",
+                FaultType.BANDWIDTH: "kbps",
+                FaultType.CLOCK_JUMP: "jump_s",
+            }.get(kind)
+            if needs is not None and not t.has(needs):
+                t.fail(needs, f"is required for a {kind} fault")
+            faults.append(
+                Fault(
+                    type=kind,
+                    start_s=start,
+                    end_s=end,
+                    kinds=frozenset(t.strings("kinds")) if t.has("kinds") else None,
+                    endpoints=frozenset(t.strings("endpoints")) if t.has("endpoints") else None,
+                    probability=t.number("probability", 1.0, minimum=0.0, maximum=1.0),
+                    latency_s=t.number("latency_ms", 0.0, minimum=0.0, maximum=600_000.0) / 1000,
+                    jitter_s=t.number("jitter_ms", 0.0, minimum=0.0, maximum=600_000.0) / 1000,
+                    status=status,
+                    retry_after_s=t.number("retry_after_s", None, minimum=0.0, maximum=86400.0),
+                    at_fraction=t.number("at_fraction", 0.5, minimum=0.0, maximum=1.0),
+                    bytes_per_s=t.number("kbps", 0.0, positive=True) * 1024
+                    if t.has("kbps")
+                    else 0.0,
+                    jump_s=t.number(
+                        "jump_s", 0.0, minimum=-10 * 365 * 86400.0, maximum=10 * 365 * 86400.0
+                    ),
+                )
+            )
+        del duration  # a fault past the run's end is allowed: it never acts
+        return tuple(faults)
 
     def timeline(self, top: Fields, kinds: tuple[KindSpec, ...]) -> tuple[AdminAction, ...]:
         raws = top.array("timeline", [])

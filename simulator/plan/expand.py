@@ -200,6 +200,7 @@ def expand(
         devices=planned,
         timeline=timeline,
         expectations=scenario.expectations,
+        faults=scenario.faults,
     )
 
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from simulator.plan.faults import Fault
+
 
 class ActionKind(StrEnum):
     CREATE_GROUP = "create_group"
@@ -155,6 +157,7 @@ class Plan:
     timeline: tuple[AdminAction, ...]
     expectations: tuple[Expectation, ...]
     description: str = ""
+    faults: tuple[Fault, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON values (report.json `scenario.plan`)."""
@@ -173,6 +176,7 @@ class Plan:
                 for a in self.timeline
             ],
             "expectations": [{"name": e.name, "expr": e.expr} for e in self.expectations],
+            **({"faults": [f.to_json() for f in self.faults]} if self.faults else {}),
         }
 
     def plan_hash(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from simulator.plan.faults import Fault
 from simulator.plan.model import AdminAction, DeviceKind, Expectation
 
 
@@ -63,3 +64,4 @@ class Scenario:
     arrival: ArrivalSpec
     timeline: tuple[AdminAction, ...]
     expectations: tuple[Expectation, ...]
+    faults: tuple[Fault, ...] = ()

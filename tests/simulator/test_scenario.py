@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import pytest
 from agent import protocol
 from agent.models import AppRecord
 from simulator import scenario as scenario_module
+from simulator.plan.expand import expand
 from simulator.plan.model import ActionKind, AppSpec, PowerStep, Window
 from simulator.plan.spec import ArrivalProcess
 from simulator.scenario import ScenarioError, load, parse
@@ -72,6 +74,23 @@ def test_the_schema_in_the_docstring_is_a_valid_scenario() -> None:
     assert [k.kind.name for k in scenario.kinds] == ["kiosk", "tablet"]
     assert {a.action for a in scenario.timeline} == set(ActionKind)
     assert len(scenario.expectations) == 3
+
+
+def test_faults_parse_into_the_plan_and_its_hash() -> None:
+    text = MINIMAL + (
+        '\n[[faults]]\ntype = "status"\nat_s = 5\nuntil_s = 9\nstatus = 429\n'
+        'retry_after_s = 3\nprobability = 0.5\nendpoints = ["checkin"]\n'
+        '\n[[faults]]\ntype = "bandwidth"\nat_s = 0\nkbps = 2\nkinds = ["kiosk"]\n'
+    )
+    scenario = parse(text.encode(), file="f.toml")
+    status, bandwidth = scenario.faults
+    assert (status.type, status.start_s, status.end_s, status.status) == ("status", 5, 9, 429)
+    assert (status.retry_after_s, status.probability) == (3.0, 0.5)
+    assert status.endpoints == frozenset({"checkin"}) and status.kinds is None
+    assert bandwidth.bytes_per_s == 2048 and bandwidth.end_s == math.inf
+    plan = expand(scenario, 1)
+    assert plan.faults == scenario.faults
+    assert plan.plan_hash() != expand(parse(MINIMAL.encode(), file="f.toml"), 1).plan_hash()
 
 
 def test_a_minimal_scenario_gets_the_defaults() -> None:
@@ -246,6 +265,41 @@ BAD = [
         "kinds.kiosk.count",
         "must not be negative, not -3",
         id="negative-count",
+    ),
+    pytest.param(
+        MINIMAL + '\n[[faults]]\ntype = "outage"\nat_s = 10\nkinds = ["ghost"]\n',
+        15,
+        "faults[0].kinds[0]",
+        "no kind is named 'ghost'",
+        id="fault-unknown-kind",
+    ),
+    pytest.param(
+        MINIMAL + '\n[[faults]]\ntype = "drop"\nat_s = 10\nendpoints = ["checkins"]\n',
+        15,
+        "faults[0].endpoints[0]",
+        "not 'checkins'",
+        id="fault-unknown-endpoint",
+    ),
+    pytest.param(
+        MINIMAL + '\n[[faults]]\ntype = "outage"\nat_s = 10\nuntil_s = 5\n',
+        15,
+        "faults[0].until_s",
+        "must be after at_s (10), not 5",
+        id="fault-ends-before-it-starts",
+    ),
+    pytest.param(
+        MINIMAL + '\n[[faults]]\ntype = "latency"\nat_s = 10\n',
+        12,
+        "faults[0].latency_ms",
+        "is required for a latency fault",
+        id="latency-without-ms",
+    ),
+    pytest.param(
+        MINIMAL + '\n[[faults]]\ntype = "status"\nat_s = 1\nstatus = 418\n',
+        15,
+        "faults[0].status",
+        "must be one of 429, 500, 502, 503, 504",
+        id="fault-status",
     ),
     pytest.param(
         MINIMAL.replace("model =", "sync_spread_s = 7200\nmodel ="),
