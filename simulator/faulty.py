@@ -25,12 +25,47 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from agent.clock import Clock
+from agent.clock import Clock, ScaledClock
 from agent.core.rng import RandomSource
 from agent.errors import TransportError
 from agent.protocol import Request, Response
 from agent.transport.base import Download, Observer, PushChannel, Sink, Transport, report
-from simulator.plan.faults import DOWNLOAD, PUSH, Fault, Verdict, acting, error_body, verdict
+from simulator.plan.faults import (
+    DOWNLOAD,
+    PUSH,
+    Fault,
+    Verdict,
+    acting,
+    clock_offset,
+    error_body,
+    verdict,
+)
+
+
+class JumpingClock(ScaledClock):
+    """A kind's clock whose wall time is off by its skew plus the clock jumps its faults made
+    by now (scenario time `now_s()`); monotonic time and waits are the fleet clock's
+    (inherited: they only use `rate`)."""
+
+    def __init__(
+        self,
+        base: ScaledClock,
+        *,
+        skew_s: float,
+        kind: str,
+        faults: Sequence[Fault],
+        now_s: Callable[[], float],
+    ) -> None:  # no super(): reads `base`
+        self.rate = base.rate
+        self._base, self._skew_s, self._kind = base, skew_s, kind
+        self._faults, self._now_s = tuple(faults), now_s
+
+    def now_ms(self) -> int:
+        jumped = clock_offset(self._faults, self._kind, self._now_s())
+        return self._base.now_ms() + round((self._skew_s + jumped) * 1000)
+
+    def monotonic(self) -> float:
+        return self._base.monotonic()
 
 
 class _Held:

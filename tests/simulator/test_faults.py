@@ -8,14 +8,14 @@ import math
 
 import pytest
 
-from agent.clock import FakeClock
+from agent.clock import FakeClock, ScaledClock
 from agent.core.rng import SplitMix64
 from agent.errors import TransportError
 from agent.protocol import Request, Response
 from agent.runtime.artifacts import HashingSink
 from agent.transport.base import Exchange
 from agent.transport.mock import MockTransport
-from simulator.faulty import FaultyTransport
+from simulator.faulty import FaultyTransport, JumpingClock
 from simulator.plan.faults import (
     DOWNLOAD,
     PASS,
@@ -208,6 +208,26 @@ async def test_bandwidth_makes_a_download_take_its_size_over_the_rate() -> None:
     before = clock.monotonic()
     await transport.download_to("/f", {}, sink)
     assert clock.monotonic() - before == pytest.approx(len(FILE) / 1024)
+
+
+def test_a_jumping_clock_jumps_its_wall_time_at_the_faults_times_only() -> None:
+    class Stopped(ScaledClock):
+        def now_ms(self) -> int:
+            return 1_000_000
+
+        def monotonic(self) -> float:
+            return 5.0
+
+    base = Stopped(1.0)
+    t = [0.0]
+    jump = Fault(type=FaultType.CLOCK_JUMP, start_s=10, jump_s=86400, kinds=frozenset({"k"}))
+    clock = JumpingClock(base, skew_s=-1.0, kind="k", faults=[jump], now_s=lambda: t[0])
+    assert clock.now_ms() == 1_000_000 - 1000  # the skew alone
+    t[0] = 10.0
+    assert clock.now_ms() == 1_000_000 - 1000 + 86_400_000
+    assert clock.monotonic() == 5.0 and clock.rate == 1.0
+    other = JumpingClock(base, skew_s=0, kind="other", faults=[jump], now_s=lambda: t[0])
+    assert other.now_ms() == 1_000_000
 
 
 async def test_the_push_channel_is_refused_in_an_outage() -> None:
