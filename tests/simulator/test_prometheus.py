@@ -1,15 +1,23 @@
-"""simulator.prometheus: what Prometheus scrapes are the report's own figures.
+"""`midm-sim run --metrics-port`: what Prometheus scrapes are the report's own figures.
 
 HDR histograms become cumulative `le` buckets and sums exactly as their slots say; a collector
 over a live Metrics serves every figure over a real socket (counts and errors equal to the
-snapshot the report is built from, counters that only grow); before the run's collector only
-the run is named, and the port closes with the block; a port in use names --metrics-port."""
+snapshot the report is built from, counters that only grow); a run serves on a free port, says
+where once, and stops serving with the run; its live figures equal its report.json; with
+--workers each worker serves its own shard; a port in use or out of range is exit 2 in one line
+naming the flag."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,7 +28,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.transport.base import Exchange
-from simulator import figures, prometheus
+from simulator import consistency, figures, prometheus, runner
 from simulator.errors import SettingsError
 from simulator.metrics import Metrics, Usage, is_saturated
 
@@ -306,3 +314,248 @@ def test_ports_of_workers() -> None:
     for port, workers in ((65535, 2), (-1, 1), (65536, 1)):
         with pytest.raises(SettingsError, match="--metrics-port"):
             prometheus.check_port(port, workers=workers)
+
+
+# -- a run ---------------------------------------------------------------------------------
+
+SIM = Path(sys.executable).parent / "midm-sim"
+DEVICES = 12
+SCENARIO = f"""
+[scenario]
+name = "scraped"
+duration_s = 12
+time_scale = 4
+seed = 5
+serial_prefix = "P-"
+
+[catalog.apps.app-1]
+package = "com.example.app"
+version_code = 1
+
+[kinds.box]
+count = {DEVICES}
+manufacturer = "Acme"
+model = "B1"
+group = "fleet"
+
+[kinds.box.build]
+fingerprint = "acme/b1/b1:13/A/1:user/release-keys"
+build_date = 1690000000
+device_id = "b1"
+
+[arrival]
+process = "even"
+rate = 100
+
+[[timeline]]
+at_s = 0
+action = "create_group"
+name = "fleet"
+
+[[timeline]]
+at_s = 0
+action = "upload_app"
+app = "app-1"
+
+[[timeline]]
+at_s = 2
+action = "save_profile"
+name = "rollout"
+
+[timeline.body]
+scope = {{ group = ["fleet"] }}
+apps = {{ install = [{{ app = "app-1", silent_install = true }}] }}
+"""
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Path:
+    path = tmp_path / "scraped.toml"
+    path.write_text(SCENARIO)
+    return path
+
+
+async def test_a_runs_live_figures_equal_its_report(
+    scenario: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A real run (embedded server, 12 agents, a rollout) with --metrics-port 0, scraped when the
+    fleet has stopped and the figures are frozen for the report: every endpoint's count, errors
+    and latency buckets, the rollout's convergence and the devices equal report.json's. The URL
+    is said once on stderr and the port closes with the run."""
+    scraped: dict[str, Metric] = {}
+    urls: list[str] = []
+    settle = consistency.settle
+
+    async def scrape_then_settle(*args: Any, **kwargs: Any) -> Any:
+        err = capsys.readouterr().err
+        urls.extend(line.split()[-1] for line in err.splitlines() if "metrics: http" in line)
+        scraped.update(await scrape(urls[0]))
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr("simulator.runner.settle", scrape_then_settle)
+    settings = runner.RunSettings(
+        scenario=scenario, report_dir=tmp_path / "r", progress=False, metrics_port=0
+    )
+    outcome = await runner.execute(settings, runner.plan_of(settings), asyncio.Event())
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert len(urls) == 1, urls
+    assert "metrics: http" not in capsys.readouterr().err  # said once
+
+    requests = report["requests"]
+    assert requests["register"]["count"] == DEVICES
+    assert series(scraped, "midm_sim_requests", "endpoint") == {
+        key: e["count"] for key, e in requests.items()
+    }
+    for key, endpoint in requests.items():
+        for error, n in endpoint["errors"].items():
+            assert (
+                value(scraped, "midm_sim_request_errors_total", endpoint=key, **{"class": error})
+                == n
+            )
+        assert_histogram(scraped, "midm_sim_request_latency_seconds", endpoint["hdr"], endpoint=key)
+    rollout = report["convergence"]["rollout"]
+    assert rollout["applied"] > 0  # a rollout took place: the figures compared are not all 0
+    labels = {"profile": "rollout", "uuid": rollout["uuid"]}
+    for state in ("applied", "failed", "deferred"):
+        assert value(scraped, f"midm_sim_convergence_{state}_devices", **labels) == rollout[state]
+    assert value(scraped, "midm_sim_devices_planned") == report["devices"]["planned"] == DEVICES
+    assert value(scraped, "midm_sim_devices_started") == report["devices"]["started"]
+    assert scraped["midm_sim_run_info"].samples[0].labels["scenario"] == "scraped"
+    assert outcome.report["generator"]["processes"] == 1
+    port = int(urls[0].rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_the_cli_serves_while_the_run_goes_and_stops_with_it(
+    scenario: Path, tmp_path: Path
+) -> None:
+    """`midm-sim run --metrics-port 0`: one stderr line says where; while the fleet runs the
+    endpoint serves the run's figures; Ctrl-C ends the run (exit 130) and the port with it."""
+    command = [SIM, "run", scenario, "--duration", "3000", "--report", tmp_path / "r"]
+    process = subprocess.Popen(
+        [*map(str, command), "--no-progress", "--metrics-port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        url = None
+        for line in iter(process.stderr.readline, ""):
+            if line.startswith("midm-sim: metrics: "):
+                url = line.split()[-1]
+            if "devices" in line:  # the first progress line: the fleet is running
+                break
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        families = asyncio.run(scrape(url))
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert "midm-sim: metrics:" not in err  # said once, before the run
+    assert value(families, "midm_sim_devices_planned") == DEVICES
+    assert families["midm_sim_run_info"].samples[0].labels["shard"] == "0/1"
+    assert "midm_sim_request_latency_seconds" in families
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_with_workers_each_worker_serves_its_shard_and_the_parent_none(
+    scenario: Path, tmp_path: Path
+) -> None:
+    """`--workers 2 --metrics-port 0`: each worker serves its own shard's figures on its own
+    port (P+i; 0: each a free one), said once on the parent's stderr with the shard's prefix;
+    the two shards' planned devices add up to the fleet; Ctrl-C closes both ports."""
+    command = [SIM, "run", scenario, "--workers", "2", "--duration", "3000"]
+    process = subprocess.Popen(
+        [*map(str, command), "--report", tmp_path / "r", "--no-progress", "--metrics-port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    urls: dict[str, str] = {}
+    try:
+        assert process.stderr is not None
+        running: set[str] = set()
+        for line in iter(process.stderr.readline, ""):
+            shard = line.split(":")[0] if line.startswith("shard ") else "parent"
+            if "midm-sim: metrics: " in line:
+                urls[shard] = line.split()[-1]
+            if line.startswith("shard ") and ": t=" in line:  # its fleet runs
+                running.add(shard)
+                if len(running) == 2:
+                    break
+        scraped = {shard: asyncio.run(scrape(url)) for shard, url in urls.items()}
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert sorted(urls) == ["shard 0/2", "shard 1/2"]  # and none from the parent
+    assert "midm-sim: metrics:" not in err  # each worker said it once, before its run
+    for shard, families in scraped.items():
+        assert families["midm_sim_run_info"].samples[0].labels["shard"] == shard.split()[1]
+    planned = [value(families, "midm_sim_devices_planned") for families in scraped.values()]
+    assert sum(planned) == DEVICES
+    for url in urls.values():
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def sim(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SIM), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_a_port_in_use_is_exit_2_before_anything_starts(scenario: Path, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = sim(
+            "run", scenario, "--metrics-port", port, "--report", tmp_path / "r", cwd=tmp_path
+        )
+    assert done.returncode == 2, done.stderr
+    line = one_line(done.stderr)
+    assert line.startswith(f"midm-sim: error: --metrics-port {port}: 127.0.0.1:{port} is in use")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--metrics-port", "65536"), "argument --metrics-port: 65536 is not a port"),
+        (("--metrics-port", "-1"), "argument --metrics-port: -1 is not a port"),
+        (("--metrics-port", "ninety"), "argument --metrics-port: 'ninety' is not an integer"),
+        (("--metrics-host", "127.0.0.1"), "--metrics-host needs --metrics-port"),
+        (
+            ("--metrics-port", "0", "--metrics-host", "192.0.2.1"),
+            "--metrics-host 192.0.2.1: not an",
+        ),
+    ],
+)
+def test_bad_metrics_settings_are_exit_2_in_one_line(
+    args: tuple[str, ...], says: str, scenario: Path, tmp_path: Path
+) -> None:
+    done = sim("run", scenario, *args, "--report", tmp_path / "r", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert says in one_line(done.stderr)
+    assert not (tmp_path / "r").exists()
