@@ -7,15 +7,20 @@ stored (read back from SQLite), and the rest of the site, and every other site, 
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from server.clock import FixedClock
 from server.context import SERVICES
 from server.errors import Internal
+from server.services.checkins import Checkins, DeviceState
+from server.store.db import Database
 from tests.conftest import StartServer
 from tests.helpers import NOW_MS, Client, Server
 from tests.server.test_agent_api import CHECKIN, enroll, event
@@ -105,6 +110,55 @@ async def test_unwritable_row_is_dropped_alone_and_acknowledged_checkins_survive
     await server.stop()
     assert _last_checked_in(server, "B1") == NOW_MS + 60_000
     assert server.sql("SELECT client_version FROM devices WHERE serial_no = 'D1'")[0][0] == 3
+
+
+class GatedDb:
+    """A database whose writes wait for `release` (as behind another write in the writer
+    thread); each write that completes is recorded as (function name, args)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.written: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.started.set()
+        await self.release.wait()
+        self.written.append((fn.func.__name__, args))  # type: ignore[attr-defined]
+
+
+async def test_a_flush_cut_by_shutdown_still_writes_its_batch() -> None:
+    """The flush loop cancelled while its batch waits for the writer (the app's shutdown) does
+    not lose the batch: the final flush waits for that write, then writes what came after."""
+    db = GatedDb()
+    checkins = Checkins(cast(Database, db), FixedClock(NOW_MS), flush_interval_s=3600.0)
+    state = DeviceState(
+        uuid="d1",
+        site_uuid="s",
+        serial="D1",
+        group_uuid=None,
+        enrolled=True,
+        client_version=1,
+        sleeping=False,
+        interval_s=60,
+        report="{}",
+        inventory_hash=None,
+        last_checked_in=None,
+    )
+    await checkins.record(state, client_version=1, sleeping=False, interval_s=60, report={})
+    cut = asyncio.create_task(checkins.flush())
+    await db.started.wait()
+    cut.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cut
+    checkins.channel("d1", connected=True)  # acknowledged after the cut batch began
+    final = asyncio.create_task(checkins.flush())
+    db.release.set()
+    await final
+    assert [name for name, _ in db.written] == ["write_batch", "write_batch"]
+    assert [len(args[0]) for _, args in db.written] == [1, 0]  # the heartbeat, then
+    assert db.written[1][1][1] == [("d1", True, NOW_MS)]  # the channel change
+    assert checkins.statistics().pending == 0
 
 
 # --- Item 6: stored values that break reads forever --------------------------------------------
