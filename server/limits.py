@@ -17,14 +17,14 @@ MAX_STRING = 1024  # characters of a named string field unless its parser says o
 MAX_FREE_STRING = 65_536  # characters of a string inside a free-form value (settings, network)
 MAX_KEY = 256  # characters of an object key inside a free-form value
 
-# --- Times (server.domain.times) ---------------------------------------------------------------
+# --- Times (server.domain.profiles.normalize_time: profiles, events) ---------------------------
 MIN_TIME_MS = 0  # 1970-01-01T00:00:00.000Z: no device or profile time is before the epoch
 MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last time ISO-8601 can write
 
 # --- Device identity (server.domain.devices.parse_serial) --------------------------------------
 MAX_SERIAL = 128  # characters of a serial number, in device/save, register and scope.device
 
-# --- Batches and lists -------------------------------------------------------------------------
+# --- Batches and lists (server.domain.devices, device_reports, profiles, paging) -------------
 MAX_DEVICE_BATCH = 1000  # devices in one device/save body (one transaction)
 MAX_APPS = 5000  # apps in one inventory (PUT agent/apps); a phone has a few hundred
 MAX_EVENTS = 1000  # events in one agent/events body (one transaction)
