@@ -30,11 +30,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from agent.clock import ScaledClock
+from agent.clock import Clock, ScaledClock
 from agent.config import AgentConfig
 from agent.core.rng import SplitMix64
 from agent.errors import TransportError
@@ -45,7 +45,6 @@ from agent.runtime.agent import Agent
 from agent.runtime.artifacts import ArtifactStore
 from agent.runtime.memory import MemoryOutbox, MemoryStateStore
 from agent.transport.base import Download, PushChannel, Sink, Transport
-from agent.transport.fleet import FleetTransports
 from simulator.plan.model import DeviceKind, Plan, PlannedDevice, PowerStep, Window
 
 log = structlog.get_logger("simulator.fleet")
@@ -205,6 +204,13 @@ class GatedTransport:
 # -- the devices ------------------------------------------------------------------------------
 
 
+class Transports(Protocol):
+    """What makes each agent's transport: agent.transport.fleet.FleetTransports (aiohttp), or
+    agent.transport.lean.LeanFleetTransports (the lean pool)."""
+
+    def transport(self, *, clock: Clock | None = None) -> Transport: ...
+
+
 class ObservedOutbox(MemoryOutbox):
     """A memory outbox that also tells the metrics of every event the agent queues."""
 
@@ -302,7 +308,7 @@ class Fleet:
         settings: FleetSettings,
         *,
         clock: ScaledClock,
-        transports: FleetTransports,
+        transports: Transports,
         artifacts: ArtifactStore,
         on_event: EventSink | None = None,
     ) -> None:

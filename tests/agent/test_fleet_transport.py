@@ -1,5 +1,6 @@
-"""The fleet transport: hundreds of agents' push channels on one shared session against the real
-server, with their check-ins still answered; and an agent's transport stays a few pointers."""
+"""The fleet transports (aiohttp's shared session, and the lean pool whose push channels go
+through one): hundreds of agents' push channels against the real server, with their check-ins
+still answered; and an agent's transport stays a few pointers."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import sys
 from typing import Any
 
 import aiohttp
+import pytest
 
 from agent import protocol
 from agent.protocol import Credentials
-from agent.transport.client import AiohttpTransport
+from agent.transport.base import Transport
 from agent.transport.fleet import FleetTransports, fleet_session
+from agent.transport.lean import LeanFleetTransports
 from tests.agent.agent_harness import SAFETY_S
 from tests.helpers import Client, Server
 
@@ -26,7 +29,9 @@ CHECKIN = {
 }
 
 
-async def enroll(fleet: FleetTransports, serials: list[str]) -> list[Credentials]:
+async def enroll(
+    fleet: FleetTransports | LeanFleetTransports, serials: list[str]
+) -> list[Credentials]:
     """Register every (saved) device through its own fleet transport; their credentials."""
     creds = Credentials(api_key="key-alpha")
 
@@ -41,8 +46,9 @@ async def enroll(fleet: FleetTransports, serials: list[str]) -> list[Credentials
     return [task.result() for task in tasks]
 
 
+@pytest.mark.parametrize("fleet_class", [FleetTransports, LeanFleetTransports])
 async def test_300_push_channels_on_one_session_and_check_ins_answered(
-    server: Server, admin: Client
+    server: Server, admin: Client, fleet_class: type[FleetTransports | LeanFleetTransports]
 ) -> None:
     """300 agents on one fleet session: all 300 push channels connect, a profile saved for all
     of them reaches each channel as `sync`, and each agent's check-in is answered (listing that
@@ -59,7 +65,7 @@ async def test_300_push_channels_on_one_session_and_check_ins_answered(
     synced: list[dict[str, Any]] = []
     all_synced = asyncio.Event()
 
-    async def agent_push(transport: AiohttpTransport, creds: Credentials) -> None:
+    async def agent_push(transport: Transport, creds: Credentials) -> None:
         nonlocal connected
         async with transport.open_push(protocol.PUSH, protocol.device_headers(creds)) as channel:
             connected += 1
@@ -71,7 +77,7 @@ async def test_300_push_channels_on_one_session_and_check_ins_answered(
                 all_synced.set()
             await release.wait()
 
-    async with FleetTransports(server.base, timeout_s=SAFETY_S) as fleet:
+    async with fleet_class(server.base, timeout_s=SAFETY_S) as fleet:
         agents = await enroll(fleet, serials)
         transports = [fleet.transport() for _ in agents]
         async with asyncio.TaskGroup() as group:
@@ -88,7 +94,7 @@ async def test_300_push_channels_on_one_session_and_check_ins_answered(
                 await all_synced.wait()
             assert synced == [{"type": "sync"}] * AGENTS
 
-            async def checkin(transport: AiohttpTransport, creds: Credentials) -> Any:
+            async def checkin(transport: Transport, creds: Credentials) -> Any:
                 answer = await transport.send(protocol.checkin(creds, CHECKIN))
                 return protocol.parse_checkin_reply(protocol.decode(answer, "checkin"))
 

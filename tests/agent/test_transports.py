@@ -1,14 +1,16 @@
-"""One conformance check for every Transport (aiohttp over loopback, MockTransport): the same
-requests, bytes and push messages; exchanges timed on the agent's clock; TLS options that cannot
-work are refused clearly."""
+"""One conformance check for every Transport (aiohttp and the lean pool over loopback,
+MockTransport): the same requests, bytes and push messages; exchanges timed on the agent's clock;
+TLS options that cannot work are refused clearly."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -19,9 +21,31 @@ from agent.errors import ConfigError, PushClosed, TransportError
 from agent.protocol import Request, Response
 from agent.transport.base import Exchange, Transport
 from agent.transport.client import AiohttpTransport, TlsOptions
+from agent.transport.lean import LeanFleetTransports, LeanTransport
 from agent.transport.mock import MockTransport
 
 FILE = b"0123456789"
+OpenTransport = Callable[..., AbstractAsyncContextManager[Any]]
+
+
+@asynccontextmanager
+async def aiohttp_transport(url: str, **options: Any) -> AsyncIterator[AiohttpTransport]:
+    async with AiohttpTransport(url, **options) as transport:
+        yield transport
+
+
+@asynccontextmanager
+async def lean_transport(url: str, **options: Any) -> AsyncIterator[LeanTransport]:
+    async with LeanFleetTransports(url, **options) as fleet:
+        yield fleet.transport()
+
+
+# every real transport, and the name its observer gives a refused connection
+REAL = pytest.mark.parametrize(
+    ("open_transport", "refused"),
+    [(aiohttp_transport, "ClientConnectorError"), (lean_transport, "ConnectionRefusedError")],
+    ids=["aiohttp", "lean"],
+)
 PUSHED = ["not json", "[1]", '{"type": "sync"}', "", '{"type": "wake"}']
 
 
@@ -129,7 +153,7 @@ class ListSink:
         self.chunks.clear()
 
 
-async def download_conformance(transport: AiohttpTransport | MockTransport, folder: Path) -> None:
+async def download_conformance(transport: Transport, folder: Path) -> None:
     """Into a file or a sink: from the start, the rest of what is held (206 appends), or the
     whole again when the server ignores the Range (200 starts over)."""
     target = folder / "f"
@@ -152,11 +176,14 @@ async def download_conformance(transport: AiohttpTransport | MockTransport, fold
         assert b"".join(sink.chunks) == FILE
 
 
-async def test_aiohttp_transport_conforms(echo_server: str, tmp_path: Path) -> None:
-    """The real transport sends method, path, query, the protocol's JSON bytes and Content-Type,
+@REAL
+async def test_real_transport_conforms(
+    echo_server: str, tmp_path: Path, open_transport: OpenTransport, refused: str
+) -> None:
+    """A real transport sends method, path, query, the protocol's JSON bytes and Content-Type,
     returns the answer, and yields the push channel's JSON objects."""
     observed: list[Exchange] = []
-    async with AiohttpTransport(echo_server, observer=observed.append) as transport:
+    async with open_transport(echo_server, observer=observed.append) as transport:
         await conformance(transport)
         await push_conformance(transport)
         await download_conformance(transport, tmp_path)
@@ -258,14 +285,15 @@ def closed_port() -> int:
     return port
 
 
+@REAL
 async def test_observer_hears_intended_start_and_duration(
-    timed_server: str, clock: FakeClock
+    timed_server: str, clock: FakeClock, open_transport: OpenTransport, refused: str
 ) -> None:
     """On the agent's clock: a success, an HTTP error, a timeout and a refused connection each
     reach the observer with the intended time (the request's, else the start), the start, the
     duration, the status and the error. The timeout is the one real wait (0.2 s)."""
     observed: list[Exchange] = []
-    async with AiohttpTransport(
+    async with open_transport(
         timed_server, timeout_s=0.2, clock=clock, observer=observed.append
     ) as transport:
         ok = await transport.send(Request(method="GET", path="/ok", name="ok", intended=8.0))
@@ -273,11 +301,11 @@ async def test_observer_hears_intended_start_and_duration(
         assert (await transport.send(Request(method="GET", path="/fail"))).status == 500
         with pytest.raises(TransportError, match="no answer"):
             await transport.send(Request(method="GET", path="/hang", name="hang"))
-    async with AiohttpTransport(
+    async with open_transport(
         f"http://127.0.0.1:{closed_port()}", clock=clock, observer=observed.append
-    ) as refused:
+    ) as closed:
         with pytest.raises(TransportError, match="cannot reach"):
-            await refused.send(Request(method="POST", path="/x", name="refused", body={}))
+            await closed.send(Request(method="POST", path="/x", name="refused", body={}))
     assert observed == [
         Exchange(name="ok", intended=8.0, started=10.0, duration=0.25, status=200, error=None),
         Exchange(name="/fail", intended=10.25, started=10.25, duration=0.5, status=500, error=None),
@@ -290,7 +318,7 @@ async def test_observer_hears_intended_start_and_duration(
             started=11.75,
             duration=0.0,
             status=0,
-            error="ClientConnectorError",
+            error=refused,
         ),
     ]
     assert observed[0].lateness == 2.0
