@@ -31,6 +31,8 @@ MAX_EVENTS = 1000  # events in one agent/events body (one transaction)
 MAX_REFERENCES = 10_000  # entries of each profile list (apps, otas, scope.group, scope.device)
 MAX_PAGE_SIZE = 500  # `size` of a list request (§1)
 MAX_PAGE = 10_000_000  # `page` of a list request: page * size stays far inside 64 bits
+MAX_FILTER_VALUES = 1000  # values of one `filter` key ("any of"; server.api): one SQL IN list
+# stays far below SQLite's bound-variable limit (32,766)
 
 # --- Logins (server.auth): a token is spent only on a password checked and found wrong ---------
 LOGIN_ADDRESS_BURST = 20  # failed logins from one client address at once: typos behind a NAT
