@@ -7,6 +7,8 @@ Every response is the envelope of §1: ApiError -> its code; aiohttp's 404/405/4
 `siteUuid`/`siteId` in a query must name the caller's own site (else 40300). A body that a
 handler left unread is answered and dropped by `server.bodies` (never holds a shutdown up).
 Connections (caps, timeouts, aiohttp's own 400s as the envelope) are `server.listener`'s.
+Every route is an operation of server.api (a test holds the two together): its query and body
+shapes are checked after the auth middleware, and GET /ota/api/openapi.json serves the document.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from server.errors import (
     TooLarge,
     Unauthorized,
 )
-from server.handlers import agent, auth, catalog, devices, files, groups, logs, profiles
-from server.handlers.request import CALLER, Caller, Handler
+from server.handlers import agent, auth, catalog, devices, files, groups, logs, openapi, profiles
+from server.handlers.request import CALLER, Caller, Handler, validation_middleware
 from server.services.checkins import Checkins
 from server.services.hub import Hub
 from server.services.scopes import ScopeCache
@@ -167,6 +169,7 @@ def add_routes(app: web.Application) -> None:
             web.get(f"{api}/agent/ota/next", agent.ota_next),
             web.post(f"{api}/agent/events", agent.post_events),
             web.get(f"{api}/agent/ws", agent.websocket),
+            web.get(f"{api}/openapi.json", openapi.document),
         ]
     )
 
@@ -201,7 +204,12 @@ def create_app(
     services = build_services(config, clock or SystemClock(), parser_pool)
     unread = UnreadBodies()
     app = web.Application(
-        middlewares=[unread.middleware, error_middleware, auth_middleware],
+        middlewares=[
+            unread.middleware,
+            error_middleware,
+            auth_middleware,
+            validation_middleware,  # server.api: query and path shapes, after credentials
+        ],
         client_max_size=config.max_json_bytes,
     )
     app[SERVICES] = services

@@ -1,20 +1,28 @@
 """What handlers read from a request: who called (set by the auth middleware), the JSON body,
-and the mark that tells the auth middleware which credentials a handler needs."""
+and the mark that tells the auth middleware which credentials a handler needs.
+
+Structural checks (server.api): `validation_middleware` (after the auth middleware) checks the
+query and path parameters of the matched route's operation before its handler runs;
+`json_body` checks the parsed body against the operation's body schema before returning it.
+A route that is not in the operation table is not checked. Limits: the body's size is
+`max_json_bytes` (ServerConfig); its shape's limits are listed in server.api.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
+from server.api.operations import AuthKind
+from server.api.validate import Checks, checks_for
 from server.auth import Session, Site
 from server.context import services_of
 from server.domain.validation import parse_json
 from server.errors import TooLarge
 
-AuthKind = Literal["public", "key", "admin", "device", "file"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -60,6 +68,22 @@ def session(request: web.Request) -> Session | None:
     return request[CALLER].session
 
 
+def operation_checks(request: web.Request) -> Checks | None:
+    """The compiled checks of the operation the request was routed to, if it has one."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    return checks_for(request.method, resource.canonical)
+
+
+@web.middleware
+async def validation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    checks = operation_checks(request)
+    if checks is not None:
+        checks.check_params(request.query, request.match_info)
+    return await handler(request)
+
+
 async def json_body(request: web.Request) -> Any:
     limit = services_of(request).config.max_json_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -71,4 +95,8 @@ async def json_body(request: web.Request) -> Any:
         raw.extend(chunk)
         if len(raw) > limit:
             raise TooLarge(f"request body is over the limit of {limit} bytes")
-    return parse_json(bytes(raw))
+    value = parse_json(bytes(raw))
+    checks = operation_checks(request)
+    if checks is not None:
+        checks.check_body(value)
+    return value
