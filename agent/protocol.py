@@ -161,11 +161,14 @@ CONTENT_TYPE = "Content-Type"
 JSON_TYPE = "application/json"
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
+
+
 def encode_body(request: Request) -> bytes | None:
     """The bytes every transport sends for the request's body (compact JSON), or None."""
     if request.body is None:
         return None
-    return json.dumps(request.body, separators=(",", ":")).encode()
+    return _COMPACT.encode(request.body).encode()
 
 
 def wire_headers(request: Request, body: bytes | None) -> dict[str, str]:

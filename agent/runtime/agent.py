@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
@@ -276,8 +277,8 @@ class Agent:
         if apps is None:
             return None
         listed = tuple(apps)
-        if listed != self._hashed_apps:
-            self._hashed_apps, self._hash = listed, inventory_hash(apps)
+        if listed != self._hashed_apps:  # interned: a fleet's agents of a kind share one string
+            self._hashed_apps, self._hash = listed, sys.intern(inventory_hash(apps))
         return self._hash
 
     async def _inventory(self) -> list[AppRecord] | None:

@@ -278,22 +278,22 @@ class StreamedArtifacts:
         self.store = store
         self.transport = transport
         self.creds = creds
-        self._downloaded: set[str] = set()
+        self._downloaded: frozenset[str] = frozenset()  # the shared empty one: most never fill it
 
     async def app(self, file_uuid: str) -> ApkArtifact:
         content = await self.store.content(self.transport, self.creds(), file_uuid)
         meta = await self.store.cache.apk(content.sha256, content.path)
-        self._downloaded.add(file_uuid)
+        self._downloaded |= {file_uuid}
         return ApkArtifact(sha256=content.sha256, size=content.size, metadata=meta)
 
     async def image(self, file_uuid: str) -> OtaArtifact:
         content = await self.store.content(self.transport, self.creds(), file_uuid)
         meta = await self.store.cache.ota(content.sha256, content.path)
-        self._downloaded.add(file_uuid)
+        self._downloaded |= {file_uuid}
         return OtaArtifact(sha256=content.sha256, size=content.size, metadata=meta)
 
     def downloaded(self) -> frozenset[str]:
-        return frozenset(self._downloaded)
+        return self._downloaded
 
 
 def apk_artifact(path: Path) -> ApkArtifact:

@@ -106,7 +106,8 @@ class ProfileRunner:
         self.artifacts = artifacts
         self.profiles: list[ProfileDoc] = []
         self.deferrals: tuple[Deferral, ...] = ()
-        self._reported_deferrals: set[tuple[str, str, str]] = set()
+        # frozen: an agent with nothing deferred holds the one shared empty frozenset
+        self._reported_deferrals: frozenset[tuple[str, str, str]] = frozenset()
         self.checkin_needed = False  # a new build runs: the server must hear of it first
 
     # -- loading -----------------------------------------------------------------------------
@@ -203,12 +204,14 @@ class ProfileRunner:
         self.save()
 
     def _report_deferrals(self, deferrals: tuple[Deferral, ...]) -> None:
+        if not deferrals and not self._reported_deferrals:
+            return  # the usual cycle: nothing deferred, now or before
         current = {(d.profile, d.key, str(d.reason)) for d in deferrals}
         for profile, key, reason in sorted(current - self._reported_deferrals):
             kind = Kind.PROFILE if key == "profile" else Kind(key.split(":")[0])
             self._event(profile, kind, key.partition(":")[2], EventStatus.DEFERRED, reason)
             log.info("profile.deferred", profile=profile, item=key, reason=reason)
-        self._reported_deferrals = current
+        self._reported_deferrals = frozenset(current)
 
     def _report_completed(self, completed: tuple[str, ...]) -> None:
         for uuid in completed:

@@ -358,6 +358,48 @@ async def test_real_clocks_wait_for_an_event_or_their_time(make: Callable[[], Cl
         assert await clock.wait_for(event, 0) is False
 
 
+async def test_scaled_clock_waits_on_flags_share_one_timer() -> None:
+    """Waits on Flags sit in the clock's one timer heap: a flag set first ends its wait True, the
+    others end False in deadline order, a cancelled wait is skipped, and the heap is empty
+    after (the loop holds one timer for them all, none once they are done)."""
+    clock = ScaledClock(1e6)  # a second of clock time is a microsecond
+    flags = [Flag() for _ in range(5)]
+    ended: list[int] = []
+
+    async def wait(i: int, seconds: float) -> bool:
+        result = await clock.wait_for(flags[i], seconds)
+        ended.append(i)
+        return result
+
+    async with asyncio.timeout(SAFETY_S):
+        tasks = [asyncio.create_task(wait(i, s)) for i, s in enumerate([3e3, 1e3, 4e3, 2e3, 5e3])]
+        await asyncio.sleep(0)  # every wait is in the heap
+        waits = clock._waits
+        assert waits is not None and len(waits._heap) == 5
+        flags[2].set()
+        tasks[4].cancel()
+        results = await asyncio.gather(*tasks[:4])
+    assert results == [False, False, True, False]
+    assert ended == [2, 1, 3, 0]  # the flag first, then the deadlines in order
+    assert all(entry[2].done() for entry in waits._heap)  # the set and the cancelled: skipped
+    assert await clock.wait_for(Flag(), 6e3) is False  # past every deadline: they are dropped
+    assert waits._heap == [] and waits._handle is None
+
+
+async def test_scaled_clock_waits_the_plain_way_on_events_and_other_loops() -> None:
+    """An asyncio.Event (not a Flag), or a clock first used on another loop, waits with
+    asyncio.timeout and no heap entry."""
+    clock = ScaledClock(1e6)
+    event = asyncio.Event()
+    assert await clock.wait_for(event, 1.0) is False
+    assert clock._waits is None
+    # its heap bound to a loop in another thread, then used here: the plain way here
+    assert await asyncio.to_thread(asyncio.run, clock.wait_for(Flag(), 1.0)) is False
+    assert clock._waits is not None and clock._waits.loop is not asyncio.get_running_loop()
+    assert await clock.wait_for(Flag(), 1.0) is False
+    assert clock._waits._heap == []
+
+
 def script() -> tuple[Handler, list[tuple[str, str, str, str]], asyncio.Event]:
     """A canned server: one settings profile, a 503 on the second check-in (backoff jitter),
     the stop signal after the sixth. Records every request as (method, path, params, body)."""
