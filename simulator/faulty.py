@@ -10,7 +10,10 @@ error envelopes with Retry-After, incomplete downloads it must resume.
 What the observer (the run's metrics) hears: a request the fault refuses or answers is reported
 as the exchange the agent lived (status 0 and the error, or the fault's status), so the
 report's errors count it; a request that reaches the target is reported by the real transport
-as usual, with the fault's added latency inside its time (the intended time does not move).
+as usual, from its intended time, so a `latency` fault's wait counts in the measured latency
+(a request with no intended time is given the moment it was meant to leave). A download's
+measured time starts when it leaves: its `latency` wait shows in the agents' progress, not in
+`requests.file`.
 
 Decisions [ours]: a cut download is fetched whole from the target (the bytes past the cut are
 thrown away) so that the target serves a real download and the cut lands at an exact fraction
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from agent.clock import Clock, ScaledClock
@@ -94,7 +98,7 @@ class _Held:
 class FaultyTransport:
     """A device's transport with its kind's faults (see the module docstring)."""
 
-    __slots__ = ("clock", "faults", "inner", "kind", "now_s", "observer", "rng")
+    __slots__ = ("channels", "clock", "faults", "inner", "kind", "now_s", "observer", "rng")
 
     def __init__(
         self,
@@ -106,9 +110,11 @@ class FaultyTransport:
         clock: Clock,
         rng: RandomSource,
         observer: Observer,
+        channels: set[PushChannel] | None = None,
     ) -> None:
         self.inner, self.kind, self.faults = inner, kind, faults
         self.now_s, self.clock, self.rng, self.observer = now_s, clock, rng, observer
+        self.channels = channels  # the kind's open push channels (an outage closes them)
 
     def _verdict(self, endpoint: str) -> Verdict:
         hits = acting(self.faults, self.kind, endpoint, self.now_s())
@@ -136,6 +142,9 @@ class FaultyTransport:
         decided = self._verdict(name)
         if decided.passes:
             return await self.inner.send(request)
+        if request.intended is None and decided.delay_s > 0:
+            # the request was meant to leave now: the fault's wait counts in its latency
+            request = replace(request, intended=self.clock.monotonic())
         await self._before(name, decided, request.intended)
         if decided.status is not None:
             headers = {"Content-Type": "application/json"}
@@ -215,4 +224,11 @@ class FaultyTransport:
             if decided.status is not None or decided.drop_answer is not None:
                 raise TransportError(f"push channel: {decided.drop_answer or decided.status}")
         async with self.inner.open_push(path, headers) as channel:
-            yield channel
+            if self.channels is None:
+                yield channel
+                return
+            self.channels.add(channel)
+            try:
+                yield channel
+            finally:
+                self.channels.discard(channel)

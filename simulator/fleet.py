@@ -17,6 +17,11 @@ Clocks: the fleet shares one `ScaledClock(time_scale)`; a kind with a clock skew
 transports time is on that scaled clock (scenario seconds): the observer (simulator.metrics)
 divides by the time scale, so latencies are reported in real milliseconds.
 
+Faults (the scenario's `[[faults]]`, simulator.plan.faults): a kind hit by any gets each of its
+devices' transport wrapped in a `FaultyTransport` (its own rng stream, drawn from the device's
+seed) and, for clock jumps, a `JumpingClock`; as an outage begins, the kinds' open push
+channels are closed.
+
 Every device's task is the fleet's (one TaskGroup); an agent that fails is caught here, in
 one place, and counted (`failed`, with its error), never taking the fleet down.
 """
@@ -44,7 +49,9 @@ from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
 from agent.runtime.artifacts import ArtifactStore
 from agent.runtime.memory import MemoryOutbox, MemoryStateStore
-from agent.transport.base import Download, PushChannel, Sink, Transport
+from agent.transport.base import Download, PushChannel, Sink, Transport, no_observer
+from simulator.faulty import FaultyTransport, JumpingClock
+from simulator.plan.faults import Fault, FaultType
 from simulator.plan.model import DeviceKind, Plan, PlannedDevice, PowerStep, Window
 
 log = structlog.get_logger("simulator.fleet")
@@ -52,6 +59,12 @@ log = structlog.get_logger("simulator.fleet")
 EventSink = Callable[[str, dict[str, Any]], None]  # (serial, the event as queued)
 DEFAULT_CHECKIN_S = 60.0
 KEPT_ERRORS = 20  # failed agents whose error the statistics quote
+FAULT_SEED_SALT = 0x5EED_FA17  # a device's fault draws: its own stream, not its agent's
+
+
+def faults_of(faults: tuple[Fault, ...], kind: str) -> tuple[Fault, ...]:
+    """The faults that can touch `kind`'s devices."""
+    return tuple(f for f in faults if f.kinds is None or kind in f.kinds)
 
 
 # -- pure: a kind's state over time -----------------------------------------------------------
@@ -319,10 +332,10 @@ class Fleet:
         self.artifacts = artifacts
         self.on_event = on_event
         self.drivers = {name: KindDriver(kind, clock) for name, kind in plan.kinds.items()}
-        self._clocks = {
-            name: SkewedClock(clock, kind.clock_skew_s) if kind.clock_skew_s else clock
-            for name, kind in plan.kinds.items()
-        }
+        self._t0 = clock.monotonic()  # the run's start; run() sets it
+        self._faults = {name: faults_of(plan.faults, name) for name in plan.kinds}
+        self._push_channels: dict[str, set[PushChannel]] = {name: set() for name in plan.kinds}
+        self._clocks = {name: self._clock_of(kind) for name, kind in plan.kinds.items()}
         self._configs = {
             name: AgentConfig(
                 server=settings.server_url,
@@ -343,6 +356,22 @@ class Fleet:
         self._errors: list[tuple[str, str]] = []
         self._lags = array.array("d")  # real ms each arrival was late
 
+    def scenario_s(self) -> float:
+        """Scenario seconds since the run's start."""
+        return self.clock.monotonic() - self._t0
+
+    def _clock_of(self, kind: DeviceKind) -> ScaledClock:
+        jumps = [f for f in self._faults[kind.name] if f.type is FaultType.CLOCK_JUMP]
+        if jumps:
+            return JumpingClock(
+                self.clock,
+                skew_s=kind.clock_skew_s,
+                kind=kind.name,
+                faults=jumps,
+                now_s=self.scenario_s,
+            )
+        return SkewedClock(self.clock, kind.clock_skew_s) if kind.clock_skew_s else self.clock
+
     def make_device(self, planned: PlannedDevice) -> Device:
         """The device's platform, stores, transport and Agent (not started)."""
         kind = self.plan.kinds[planned.kind]
@@ -355,6 +384,18 @@ class Fleet:
         )
         clock = self._clocks[planned.kind]
         transport: Transport = self.transports.transport(clock=clock)
+        faults = [f for f in self._faults[planned.kind] if f.type is not FaultType.CLOCK_JUMP]
+        if faults:
+            transport = FaultyTransport(
+                transport,
+                kind=planned.kind,
+                faults=faults,
+                now_s=self.scenario_s,
+                clock=clock,
+                rng=SplitMix64(planned.seed ^ FAULT_SEED_SALT),
+                observer=getattr(self.transports, "observer", no_observer),
+                channels=self._push_channels[planned.kind],
+            )
         if kind.offline:
             transport = GatedTransport(transport, driver.gate)
         outbox = (
@@ -379,10 +420,31 @@ class Fleet:
         """Run the fleet from `t0` on the clock (default: now; the plan's times count from
         there) until `stop` is set and every agent has stopped."""
         start = self.clock.monotonic() if t0 is None else t0
+        self._t0 = start
         async with asyncio.TaskGroup() as group:
             for driver in self.drivers.values():
                 group.create_task(driver.run(stop, start), name=f"kind-{driver.kind.name}")
+            if any(f.type is FaultType.OUTAGE for f in self.plan.faults):
+                group.create_task(self._outages(stop), name="outages")
             await self._arrivals(group, stop, start)
+
+    async def _outages(self, stop: asyncio.Event) -> None:
+        """As each outage begins, close the open push channels of the kinds it hits (the
+        agents see them drop, as they would when the target goes away)."""
+        outages = sorted(
+            (f for f in self.plan.faults if f.type is FaultType.OUTAGE), key=lambda f: f.start_s
+        )
+        for outage in outages:
+            delay = outage.start_s - self.scenario_s()
+            if delay > 0 and await self.clock.wait_for(stop, delay):
+                return
+            kinds = self.plan.kinds if outage.kinds is None else outage.kinds
+            channels = [c for k in kinds for c in self._push_channels.get(k, ())]
+            sockets = [getattr(c, "socket", None) for c in channels]
+            await asyncio.gather(
+                *(s.close() for s in sockets if s is not None), return_exceptions=True
+            )
+            log.info("fleet.outage", at_s=outage.start_s, closed=len(channels))
 
     async def _arrivals(self, group: asyncio.TaskGroup, stop: asyncio.Event, t0: float) -> None:
         """Start each device at its planned time (open model: no device waits for another)."""

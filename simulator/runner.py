@@ -8,8 +8,10 @@ agents only register. Then t0: one ScaledClock for agents, timeline and kind dri
 fleet starts each device at t0 + its arrival, the timeline runs each action at t0 + at_s; the
 run ends at its duration or on the first Ctrl-C/SIGTERM (`stop`), every task inside one
 TaskGroup. The metrics are frozen as the run ends; then the stopped agents settle, the
-consistency check reads the server's record, profile/status gives each profile's scope, and
-the report (simulator.report) is written and summed up. Exit: 0 every expectation held, 1 one
+consistency check reads the server's record, profile/status gives each profile's scope, the
+event ledger (simulator.ledger) finds every event an agent queued on the server exactly once
+(`events.lost`, `events.duplicated`, `events.pending`), and the report (simulator.report) is
+written and summed up. Exit: 0 every expectation held, 1 one
 failed (each named on stderr), 130 interrupted (the partial report is written all the same).
 
 `devices.saved_twice`: the device/save calls this run made per serial (the admin client counts
@@ -36,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,15 +51,17 @@ from rich.console import Console
 
 from agent.clock import ScaledClock, SystemClock
 from agent.runtime.artifacts import ArtifactStore
+from agent.runtime.outbox import ItemKind
 from agent.transport.base import Exchange, Observer
 from agent.transport.fleet import FleetTransports
 from simulator import progress, prometheus, report, shards
-from simulator.admin import AdminClient, AdminRefused, AdminUnauthorized
+from simulator.admin import AdminClient, AdminError, AdminRefused, AdminUnauthorized
 from simulator.consistency import check, settle
 from simulator.embedded import EmbeddedServer, embedded_server
 from simulator.errors import RunError, SettingsError
-from simulator.fleet import Fleet, FleetSettings
+from simulator.fleet import Device, Fleet, FleetSettings
 from simulator.heap import HeapKeeper
+from simulator.ledger import EventLedger, EventsCheck, reconcile
 from simulator.metrics import Metrics
 from simulator.plan.expand import expand
 from simulator.plan.model import ActionKind, Plan
@@ -353,13 +357,19 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
         transports = await stack.enter_async_context(
             FleetTransports(url, timeout_s=REQUEST_TIMEOUT_S, clock=clock, observer=metrics.observe)
         )
+        ledger = EventLedger()
+
+        def on_event(serial: str, event: Mapping[str, Any]) -> None:
+            metrics.device_event(serial, event)
+            ledger(serial, event)
+
         fleet = Fleet(
             mine,
             FleetSettings(server_url=url, api_key=api_key, request_timeout_s=REQUEST_TIMEOUT_S),
             clock=clock,
             transports=transports,
             artifacts=ArtifactStore(Path(scratch)),
-            on_event=metrics.device_event,
+            on_event=on_event,
         )
         if exporter is not None:
             exporter.attach(
@@ -418,6 +428,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
             settled=settled,
         )
         server_status = await _profile_status(admin, timeline.profiles)
+        events = await _events_check(fleet.devices, admin, ledger)
         stats = fleet.statistics()
         built = report.build(
             plan,
@@ -433,6 +444,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
                 "saved_twice": saved_twice(admin.saves, expected_saves(plan)),
             },
             consistency=consistency.to_json(),
+            events=None if events is None else _event_counts(events),
             server_status=server_status,
             shard=(shard.index, shard.count),
             shard_info=None if shard.whole else _shard_info(settings, mine, begin),
@@ -441,6 +453,8 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
             warnings=_late_warning(shard, begin),
         )
         built["generator"]["gc"] = keeper.figures().to_json()
+        if events is not None and events.violations:
+            built["events_violations"] = events.violations
         built["fleet"] = {
             "start_lag_ms": stats.start_lag_ms,
             "checkins": stats.checkins,
@@ -523,6 +537,41 @@ def _shard_info(settings: RunSettings, mine: Plan, begin: _Begin) -> dict[str, A
             "late_s": round(begin.late_s, 3),
         }
     return info
+
+
+async def _events_check(
+    devices: Sequence[Device], admin: AdminClient, ledger: EventLedger
+) -> EventsCheck | None:
+    """Every event this process's agents queued, against the server's record (None: the
+    server's record could not be read; the report then has no events.lost)."""
+    try:
+        rows = await admin.devices()
+        events = await admin.events()
+    except AdminError as exc:
+        log.warning("runner.events_unchecked", error=str(exc))
+        return None
+    mine = {d.planned.serial for d in devices}
+    serial_of = {}
+    for row in rows:
+        serial = str(row.get("profile", {}).get("hardware_info", {}).get("serial_no", ""))
+        if serial in mine:
+            serial_of[str(row.get("uuid"))] = serial
+    pending = {
+        d.planned.serial: {
+            str(item.body.get("id")) for item in d.agent.outbox.pending(ItemKind.EVENT, 1 << 30)
+        }
+        for d in devices
+    }
+    return reconcile(ledger.queued(), pending, events, serial_of)
+
+
+def _event_counts(check: EventsCheck) -> dict[str, int]:
+    return {
+        "lost": check.lost,
+        "duplicated": check.duplicated,
+        "pending": check.pending,
+        "on_server": check.on_server,
+    }
 
 
 def _late_warning(shard: Shard, begin: _Begin) -> list[str]:

@@ -151,6 +151,54 @@ def test_a_small_fleet_runs_end_to_end(scenario: Path, tmp_path: Path) -> None:
     assert port_closed(report["target"])
 
 
+FAULTS = """
+[[faults]]
+type = "status"
+at_s = 2
+until_s = 5
+status = 503
+retry_after_s = 1
+endpoints = ["checkin"]
+
+[[faults]]
+type = "latency"
+at_s = 0
+latency_ms = 500
+jitter_ms = 100
+endpoints = ["profiles"]
+
+[[faults]]
+type = "outage"
+at_s = 9
+until_s = 11
+"""
+
+
+def test_faults_hit_the_devices_and_nothing_is_lost(tmp_path: Path) -> None:
+    """503 bursts with Retry-After, slow profile answers, an outage: the agents see each
+    (the report counts them), recover, converge, and every event they queued is on the server
+    exactly once."""
+    path = tmp_path / "faulty.toml"
+    path.write_text(
+        SCENARIO.replace("[expectations]", FAULTS + "\n[expectations]")
+        + "nothing_lost = 'events.lost == 0 and events.duplicated == 0'\n"
+    )
+    done = sim("run", path, "--report", tmp_path / "r", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = report_of(tmp_path / "r")
+    checkin_errors = report["requests"]["checkin"]["errors"]
+    assert sum(n for c, n in checkin_errors.items() if "5xx" in c or "503" in c) > 0, checkin_errors
+    assert sum(sum(r["errors"].values()) for r in report["requests"].values()) > 0
+    assert report["requests"]["profiles"]["latency_ms"]["p50"] >= 500 / 5  # time scale 5
+    assert report["events"]["queued"] > 0
+    assert (report["events"]["lost"], report["events"]["duplicated"]) == (0, 0)
+    assert report["convergence"]["update"]["applied"] == DEVICES
+    assert report["consistency"]["mismatches"] == []
+    assert [f["type"] for f in report["scenario"]["plan"]["faults"]] == [
+        "status", "latency", "outage",
+    ]  # fmt: skip
+
+
 def test_the_same_seed_gives_the_same_plan(scenario: Path, tmp_path: Path) -> None:
     """Two runs with one seed have one plan hash (the same fleet and schedules); another seed
     gives another. `merge` adds the two runs' figures and refuses to mix in the third."""
