@@ -24,6 +24,8 @@ size / bytes_per_s), not chunk by chunk.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -173,9 +175,24 @@ class FaultyTransport:
         self, path: str, headers: Mapping[str, str], target: Path, offset: int
     ) -> Download:
         decided = self._verdict(DOWNLOAD)
-        if not decided.passes:
-            await self._before(DOWNLOAD, decided, None)
-        return await self.inner.download(path, headers, target, offset)
+        if decided.passes:
+            return await self.inner.download(path, headers, target, offset)
+        await self._before(DOWNLOAD, decided, None)
+        if decided.status is not None:
+            raise TransportError(f"download {path}: HTTP {decided.status} (simulated fault)")
+        result = await self.inner.download(path, headers, target, offset)
+        if decided.cut_at is not None:
+            total = await asyncio.to_thread(lambda: target.stat().st_size)
+            cut = int(total * decided.cut_at)
+            if offset < cut < total:
+                await asyncio.to_thread(os.truncate, target, cut)
+                raise TransportError(
+                    f"download {path}: connection closed after {cut} of {total} bytes "
+                    "(simulated fault)"
+                )
+        if decided.drop_answer is not None:
+            raise TransportError(f"download {path}: {decided.drop_answer}")
+        return result
 
     async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
         decided = self._verdict(DOWNLOAD)

@@ -13,7 +13,9 @@ sees its downloads through `DeviceArtifacts`:
   into a `HashingSink` that keeps only their sha256 and size. The store keeps one file per
   content (`<root>/<sha256>`), written by the first agent that fetched it; agents fetching the
   same fileUuid meanwhile hash and wait for it, and one whose content the store lacks (the
-  first download failed, or the file changed) downloads it into a file itself.
+  first download failed, or the file changed) downloads it into a file itself. A download that
+  drops part-way is resumed by the same device's next attempt (Range, as on a rig): the device
+  keeps what it had (its sink, or its part file) until then.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from agent.errors import FormatError
+from agent.errors import FormatError, TransportError
 from agent.models import ApkArtifact, OtaArtifact
 from agent.protocol import Credentials
 from agent.runtime.downloads import Fetched, fetch, sha256_of
@@ -199,6 +201,9 @@ class FileArtifacts:
         return frozenset(p.name for p in self.folder.iterdir() if "." not in p.name)
 
 
+Partials = dict[str, "HashingSink | Path"]  # fileUuid -> what a dropped download left
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Content:
     sha256: str
@@ -225,13 +230,28 @@ class ArtifactStore:
     def statistics(self) -> ArtifactStatistics:
         return self.cache.statistics(contents=len(self._contents))
 
-    async def content(self, transport: Transport, creds: Credentials, file_uuid: str) -> _Content:
-        """Pull `file_uuid` through `transport` and return the store's copy of its content."""
+    async def content(
+        self,
+        transport: Transport,
+        creds: Credentials,
+        file_uuid: str,
+        partial: Partials | None = None,
+    ) -> _Content:
+        """Pull `file_uuid` through `transport` and return the store's copy of its content;
+        `partial` holds the device's dropped downloads (resumed here, kept if this drops)."""
         writing = self._writing.get(file_uuid)
         if writing is None and file_uuid not in self._known:
-            return await self._write(transport, creds, file_uuid)
-        sink = HashingSink()
-        fetched = await fetch(transport, creds, file_uuid, sink)
+            return await self._write(transport, creds, file_uuid, partial)
+        previous = partial.pop(file_uuid, None) if partial else None
+        if isinstance(previous, Path):  # a part file of this device's: it hashes instead now
+            await asyncio.to_thread(shutil.rmtree, previous, ignore_errors=True)
+        sink = previous if isinstance(previous, HashingSink) else HashingSink()
+        try:
+            fetched = await fetch(transport, creds, file_uuid, sink)
+        except TransportError:
+            if partial is not None and sink.size:
+                partial[file_uuid] = sink  # the next attempt asks for the rest
+            raise
         if writing is not None:
             await asyncio.shield(writing)  # the first download of this file: its outcome
         held = self._contents.get(fetched.sha256)
@@ -239,14 +259,25 @@ class ArtifactStore:
             return held
         return await self._write(transport, creds, file_uuid)  # the store lacks this content
 
-    async def _write(self, transport: Transport, creds: Credentials, file_uuid: str) -> _Content:
+    async def _write(
+        self,
+        transport: Transport,
+        creds: Credentials,
+        file_uuid: str,
+        partial: Partials | None = None,
+    ) -> _Content:
         """Download `file_uuid` into a file of the store (the agents that fetch it meanwhile
         wait for this one)."""
         done: asyncio.Future[None] | None = None
         if file_uuid not in self._writing:
             done = asyncio.get_running_loop().create_future()
             self._writing[file_uuid] = done
-        incoming = self.root / "incoming" / f"{file_uuid}-{next(self._seq)}"
+        previous = partial.pop(file_uuid, None) if partial else None
+        if isinstance(previous, Path):
+            incoming = previous  # this device's part file: resumed
+        else:
+            incoming = self.root / "incoming" / f"{file_uuid}-{next(self._seq)}"
+        keep = False
         try:
             fetched = await fetch(transport, creds, file_uuid, incoming)
             assert fetched.path is not None
@@ -257,8 +288,14 @@ class ArtifactStore:
             self._contents.setdefault(content.sha256, content)
             self._known[file_uuid] = content.sha256
             return self._contents[content.sha256]
+        except TransportError:
+            if partial is not None:
+                partial[file_uuid] = incoming  # the device resumes its part file next time
+                keep = True
+            raise
         finally:
-            await asyncio.to_thread(shutil.rmtree, incoming, ignore_errors=True)
+            if not keep:
+                await asyncio.to_thread(shutil.rmtree, incoming, ignore_errors=True)
             if done is not None:
                 del self._writing[file_uuid]
                 done.set_result(None)
@@ -267,7 +304,7 @@ class ArtifactStore:
 class StreamedArtifacts:
     """A simulated device's downloads: hashed as they stream in, held once by the store."""
 
-    __slots__ = ("_downloaded", "creds", "store", "transport")
+    __slots__ = ("_downloaded", "_partial", "creds", "store", "transport")
 
     def __init__(
         self,
@@ -279,21 +316,27 @@ class StreamedArtifacts:
         self.transport = transport
         self.creds = creds
         self._downloaded: frozenset[str] = frozenset()  # the shared empty one: most never fill it
+        self._partial: Partials | None = None  # dropped downloads, until resumed (made on need)
 
     async def app(self, file_uuid: str) -> ApkArtifact:
-        content = await self.store.content(self.transport, self.creds(), file_uuid)
+        content = await self.store.content(self.transport, self.creds(), file_uuid, self._held())
         meta = await self.store.cache.apk(content.sha256, content.path)
         self._downloaded |= {file_uuid}
         return ApkArtifact(sha256=content.sha256, size=content.size, metadata=meta)
 
     async def image(self, file_uuid: str) -> OtaArtifact:
-        content = await self.store.content(self.transport, self.creds(), file_uuid)
+        content = await self.store.content(self.transport, self.creds(), file_uuid, self._held())
         meta = await self.store.cache.ota(content.sha256, content.path)
         self._downloaded |= {file_uuid}
         return OtaArtifact(sha256=content.sha256, size=content.size, metadata=meta)
 
     def downloaded(self) -> frozenset[str]:
         return self._downloaded
+
+    def _held(self) -> Partials:
+        if self._partial is None:
+            self._partial = {}
+        return self._partial
 
 
 def apk_artifact(path: Path) -> ApkArtifact:

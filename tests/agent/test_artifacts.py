@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.clock import FakeClock
-from agent.errors import ApkError
+from agent.errors import ApkError, TransportError
 from agent.models import ApkArtifact, BuildInfo, HardwareInfo, OtaArtifact
 from agent.platforms.simulated import SimulatedPlatform
 from agent.protocol import Credentials, Request, Response
@@ -279,3 +279,55 @@ async def test_a_fleet_applies_an_app_and_an_image_parsing_each_once(
     assert [tuple(r) for r in rows] == [("profile", "applied")] * 3
     report = json.loads(server.sql("SELECT report FROM devices WHERE serial_no = 'S2'")[0][0])
     assert report["build"]["fingerprint"] == FP2
+
+
+class DropsOnceAtHalf:
+    """A transport serving one file with Range whose first download drops after half of it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body, self.starts, self.dropped = body, list[int](), False
+        self.headers = {"X-Checksum-SHA256": hashlib.sha256(body).hexdigest()}
+
+    def _part(self, start: int) -> bytes:
+        self.starts.append(start)
+        if self.dropped:
+            return self.body[start:]
+        self.dropped = True
+        return self.body[start : len(self.body) // 2]
+
+    async def download(
+        self, path: str, headers: Mapping[str, str], target: Path, offset: int
+    ) -> Download:
+        data = self._part(offset)
+        with target.open("ab" if offset else "wb") as handle:
+            handle.write(data)
+        if len(data) + offset < len(self.body):
+            raise TransportError("connection reset")
+        return Download(status=206 if offset else 200, headers=self.headers)
+
+    async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
+        start = sink.size
+        data = self._part(start)
+        sink.write(data)
+        if len(data) + start < len(self.body):
+            raise TransportError("connection reset")
+        return Download(status=206 if start else 200, headers=self.headers)
+
+
+async def test_a_dropped_download_is_resumed_by_the_same_device(tmp_path: Path) -> None:
+    """Simulated devices resume a dropped download with Range, as a rig does: the first device
+    (writing the store's file) and a later one (hashing into its sink) alike."""
+    content = (APKS / "basic-v1.apk").read_bytes()
+    half = len(content) // 2
+    store = ArtifactStore(tmp_path / "store")
+    for _ in range(2):  # the first device writes the store's copy, the second only hashes
+        transport = DropsOnceAtHalf(content)
+        device = store.device(transport, lambda: CREDS)  # type: ignore[arg-type]
+        with pytest.raises(TransportError):
+            await device.app("F1")
+        artifact = await device.app("F1")
+        assert transport.starts == [0, half]  # the second attempt asked for the rest only
+        assert artifact.sha256 == hashlib.sha256(content).hexdigest()
+        assert artifact.metadata.package_name == "com.example.basic"
+    assert store.statistics().contents == 1
+    assert not any((tmp_path / "store" / "incoming").glob("*"))  # no part file left behind
