@@ -9,9 +9,9 @@ otherwise be silently stored); `type` defaults to `base`; after merging, `device
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from server.domain.validation import check_value, loads_json
 from server.errors import InvalidField
 
 STRING_FIELDS = (
@@ -58,10 +58,8 @@ def merge_form(info: dict[str, Any], raw: str | None) -> dict[str, Any]:
     """Apply the `otaInfo` form field (a JSON object) over `info`; validate the result."""
     merged = dict(info)
     if raw is not None and raw.strip():
-        try:
-            given = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InvalidField(f"otaInfo: is not valid JSON ({exc.msg})") from exc
+        given = loads_json(raw, "otaInfo", not_json=InvalidField)
+        check_value(given, "otaInfo")
         if not isinstance(given, dict):
             raise InvalidField("otaInfo: must be a JSON object")
         for key, value in given.items():

@@ -429,6 +429,29 @@ async def test_bad_fields_are_40001_naming_them(
     await assert_nothing_stored(server, admin)
 
 
+@pytest.mark.parametrize(
+    ("info", "needle"),
+    [
+        (b'{"buildDate": NaN}', "otaInfo"),
+        (b'{"w": "\\ud800"}', "otaInfo.w"),
+        (b"[" * 40 + b"]" * 40, "otaInfo"),
+        (b'{"buildDate": 9223372036854775808}', "otaInfo.buildDate"),
+    ],
+    ids=["nan", "lone-surrogate", "deep", "past-64-bits"],
+)
+async def test_ota_info_values_that_cannot_be_kept_are_40001(
+    admin: Client, server: Server, info: bytes, needle: str
+) -> None:
+    """The otaInfo form field is JSON held to the same rules as a JSON body."""
+    body = multipart(
+        [('name="file"; filename="a.zip"', ota_zip(OTA_META)), ('name="otaInfo"', info)]
+    )
+    status, reply = await post_multipart(admin, "/ota/api/ota/upload", body)
+    assert (status, reply["code"]) == (400, 40001), reply
+    assert str(reply["message"]).startswith(needle), reply
+    await assert_nothing_stored(server, admin)
+
+
 async def test_too_many_part_headers_is_40001_not_500(admin: Client, server: Server) -> None:
     """aiohttp's own refusal of a part with too many headers is our 40001 envelope."""
     headers = "".join(f"X-H{i}: v\r\n" for i in range(200))
