@@ -7,15 +7,24 @@ transport meets is in test_transports.py and test_fleet_transport.py, run for th
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from agent.errors import ConfigError, TransportError
 from agent.protocol import Request
 from agent.transport.base import Exchange
+from agent.transport.client import TlsOptions
 from agent.transport.lean import LeanFleetTransports, LeanPool
 
 
@@ -225,3 +234,58 @@ async def test_an_agents_transport_is_a_few_pointers() -> None:
         assert one.fleet is two.fleet and one.base_url == "http://127.0.0.1:1"
         await one.close()  # nothing of its own to close
         assert fleet.pool.connections == 0
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files), signed by itself."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_https_verifies_the_server_against_the_ca_bundle(tmp_path: Path) -> None:
+    """Over TLS the pool checks the server's certificate: trusted through --ca-bundle it is
+    answered; with the system's CAs only the handshake fails as a TransportError."""
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer(b"secure"))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        async with LeanFleetTransports(url, tls=TlsOptions(ca_bundle=cert)) as fleet:
+            assert (await fleet.transport().send(get("/x"))).body == b"secure"
+        async with LeanFleetTransports(url) as fleet:
+            with pytest.raises(TransportError, match="cannot reach"):
+                await fleet.transport().send(get("/x"))
