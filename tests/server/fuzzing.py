@@ -45,8 +45,16 @@ DEVICE_SERIAL = "FUZZ-DEVICE-0001"
 REFUSED = [400, 401, 403, 404, 405, 409, 413, 415, 422, 429]  # invalid data: one of these
 
 
-def config(*, seed: int, coverage: bool, max_examples: int | None = None) -> schemathesis.Config:
-    """Valid and invalid data, deterministic; stateful runs follow the document's links only."""
+def config(
+    *,
+    seed: int,
+    coverage: bool,
+    max_examples: int | None = None,
+    base_url: str | None = None,
+    max_time: int | None = None,
+) -> schemathesis.Config:
+    """Valid and invalid data, deterministic; stateful runs follow the document's links only;
+    valid data is judged by valid_data_accepted (positive_data_acceptance knows no SEMANTIC)."""
     generation: dict[str, Any] = {
         "mode": "all",
         "deterministic": True,
@@ -54,17 +62,23 @@ def config(*, seed: int, coverage: bool, max_examples: int | None = None) -> sch
     }
     if max_examples is not None:
         generation["max-examples"] = max_examples
-    return schemathesis.Config.from_dict(
-        {
-            "seed": seed,
-            "generation": generation,
-            "phases": {
-                "coverage": {"enabled": coverage},
-                "stateful": {"inference": {"algorithms": []}},
-            },
-            "checks": {"negative_data_rejection": {"expected-statuses": REFUSED}},
-        }
-    )
+    found: dict[str, Any] = {
+        "seed": seed,
+        "generation": generation,
+        "phases": {
+            "coverage": {"enabled": coverage},
+            "stateful": {"inference": {"algorithms": []}},
+        },
+        "checks": {
+            "negative_data_rejection": {"expected-statuses": REFUSED},
+            "positive_data_acceptance": {"enabled": False},
+        },
+    }
+    if base_url is not None:
+        found["base-url"] = base_url
+    if max_time is not None:
+        found["max-time"] = max_time
+    return schemathesis.Config.from_dict(found)
 
 
 def send_files_as_bytes() -> None:
