@@ -124,7 +124,8 @@ class Str(Node):
         def check(value: Any, path: str, depth: int) -> None:
             if type(value) is not str:
                 raise InvalidField(f"{path}: must be a string, not {json_type(value)}")
-            _unicode(value, path)
+            if not value.isascii():
+                _unicode(value, path)
             if choices:
                 if value not in choices:
                     raise InvalidField(f"{path}: must be one of {listed}, not {value!r}")
@@ -136,7 +137,15 @@ class Str(Node):
             if pattern is not None and pattern.search(value) is None:
                 raise InvalidField(f"{path}: must {hint}, not {value!r}")
 
-        return check
+        def plain(value: Any, path: str, depth: int) -> None:  # the common case, kept short
+            if type(value) is not str:
+                raise InvalidField(f"{path}: must be a string, not {json_type(value)}")
+            if not value.isascii():
+                _unicode(value, path)
+            if len(value) > max_len:
+                raise InvalidField(f"{path}: longer than {max_len} characters")
+
+        return check if choices or non_blank or pattern else plain
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -403,14 +412,17 @@ class Obj(Node):
             if depth >= MAX_JSON_DEPTH:
                 raise InvalidField(f"{path or 'body'}: nested deeper than {MAX_JSON_DEPTH} levels")
             inner = depth + 1
+            prefix = f"{path}." if path else ""
             for key, child, required, hint in checks:
                 item = value.get(key)
                 if item is None:
                     if required:
-                        raise InvalidField(f"{join(path, key)}: is required{hint}")
+                        raise InvalidField(f"{prefix}{key}: is required{hint}")
                     if key not in strict_nulls or key not in value:
                         continue
-                child(item, join(path, key), inner)
+                child(item, prefix + key, inner)
+            if len(value) <= len(checks) and known.issuperset(value):
+                return  # no other key: the common case, checked in one set operation
             for key, item in value.items():
                 if key in known:
                     continue
