@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from server import BUILD, __version__
-from server.api.operations import OPERATIONS, SITE, AuthKind, Link, Operation
+from server.api.operations import OPERATIONS, AuthKind, Link, Operation
+from server.api.parts import SITE
 from server.api.schema import Defs, JsonSchema, Node
 from server.limits import INT_MAX, INT_MIN, MAX_HEADER_FIELD, MAX_JSON_DEPTH, MAX_REQUEST_LINE
 

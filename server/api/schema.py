@@ -2,14 +2,17 @@
 structural check of the same rule, so the document and the validator cannot disagree.
 
 A node knows its JSON type, its bounds and its messages; `Obj` knows which properties are required
-(an optional property also accepts null: the handlers treat null as absent). `compile_node`
+(an optional property also accepts null: the handlers treat null as absent). `Node.compile()`
 turns a node into a plain function `check(value, path, depth)` that raises InvalidField with the
 messages of server.domain.validation.Fields (`profile.name: must be a string, not a number`).
-Nothing is evaluated that the schema does not say, except three rules JSON Schema cannot write,
-enforced everywhere and stated in the document's description: containers nest at most
-MAX_JSON_DEPTH levels, numbers are finite, and strings are valid Unicode (no lone surrogate).
-Patterns are written once and read by both sides: ECMA-262 and Python `re` agree on the subset
-used here (character classes with \\u escapes, anchors, alternation, counted repeats).
+Nothing is checked that the schema does not say, except what JSON Schema cannot write, enforced
+everywhere and stated in the document's description: containers nest at most MAX_JSON_DEPTH
+levels, numbers are finite, strings are valid Unicode (no lone surrogate), and an integer is
+written without a fraction (JSON Schema counts 2.0 as an integer; the parsers never did).
+Keys a node does not name are free-form: a JsonValue (64-bit integers, strings of at most
+MAX_FREE_STRING characters, keys of at most MAX_KEY). Patterns are written once and read by
+both sides: ECMA-262 and Python `re` agree on the subset used here (character classes with \\u
+escapes, anchors, alternation, counted repeats).
 """
 
 from __future__ import annotations
