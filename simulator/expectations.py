@@ -10,8 +10,11 @@
 
 Metrics (METRICS below): `requests["checkin"].p99_ms` (p50_ms, p90_ms, p999_ms, max_ms, count,
 errors), `errors.rate`, `errors.count`, `convergence("rollout").t99_s` (t50_s, t90_s, applied,
-failed, deferred, scoped, fraction), `devices.saved_twice` (enrolled, failed, planned),
-`consistency.mismatches`, `generator.saturated`, `events.lost`, `events.duplicated`, ...
+failed, deferred, scoped, fraction, from the agents' events; server_applied, server_failed: the
+server's profile/status), `devices.saved_twice` (enrolled, failed, planned),
+`consistency.mismatches`, `generator.saturated`, `events.lost`, `events.duplicated`,
+`events.pending`, `herd.ratio` (peak_rps, steady_rps: simulator/herd.py),
+`devices.duplicate_serials`, ...
 `parse()` checks the text once (the scenario loader calls it: errors name the expression and the
 column); `evaluate()` is pure. A metric the report lacks is None ("not measured"): comparisons
 with it are unknown, and an unknown result fails, whatever `not`/`or` make of it (three-valued).
@@ -46,19 +49,21 @@ class Type(StrEnum):
     BOOL = "boolean"
 
 
+CONVERGENCE_FIELDS = (
+    "t50_s", "t90_s", "t99_s", "applied", "failed", "deferred", "scoped", "fraction",
+    "server_applied", "server_failed",
+)  # fmt: skip
+DEVICE_FIELDS = (
+    "planned", "started", "enrolled", "failed", "saved_twice", "registered", "duplicate_serials",
+)  # fmt: skip
 # group -> field -> type; `requests` and `convergence` take a key
 METRICS: Mapping[str, Mapping[str, Type]] = {
     "requests": dict.fromkeys(
         ("count", "errors", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"), Type.NUMBER
     ),
-    "convergence": dict.fromkeys(
-        ("t50_s", "t90_s", "t99_s", "applied", "failed", "deferred", "scoped", "fraction"),
-        Type.NUMBER,
-    ),
+    "convergence": dict.fromkeys(CONVERGENCE_FIELDS, Type.NUMBER),
     "errors": {"rate": Type.NUMBER, "count": Type.NUMBER},
-    "devices": dict.fromkeys(
-        ("planned", "enrolled", "failed", "saved_twice", "registered"), Type.NUMBER
-    ),
+    "devices": dict.fromkeys(DEVICE_FIELDS, Type.NUMBER),
     "consistency": {"mismatches": Type.NUMBER, "checked": Type.NUMBER},
     "generator": {
         "saturated": Type.BOOL,
@@ -66,7 +71,8 @@ METRICS: Mapping[str, Mapping[str, Type]] = {
         "rss_mb": Type.NUMBER,
         "send_lag_p99_ms": Type.NUMBER,
     },
-    "events": {"lost": Type.NUMBER, "duplicated": Type.NUMBER},
+    "events": {"lost": Type.NUMBER, "duplicated": Type.NUMBER, "pending": Type.NUMBER},
+    "herd": {"peak_rps": Type.NUMBER, "steady_rps": Type.NUMBER, "ratio": Type.NUMBER},
 }
 KEYED = {"requests": "[", "convergence": "("}
 COMPARISONS: Mapping[str, Callable[[Any, Any], bool]] = {
@@ -357,6 +363,8 @@ def value_of(metric: Metric, report: Mapping[str, Any]) -> Value:
         return _number(_get(entry, "latency_ms", field.removesuffix("_ms")))
     if group == "convergence":
         entry = _get(report, "convergence", metric.key)
+        if field.startswith("server_"):  # the server's profile/status, not the agents' events
+            return _number(_get(entry, "server", field.removeprefix("server_")))
         if entry is None:
             return 0.0 if field in ("applied", "failed", "deferred", "fraction") else None
         return _number(entry.get(field))

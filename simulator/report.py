@@ -24,8 +24,10 @@ from rich.table import Table
 from rich.text import Text
 
 from simulator import __version__, expectations, figures, report_html
+from simulator.herd import herd
 from simulator.metrics import SATURATED_LAG_MS, MetricsSnapshot
 from simulator.metrics import merge as merge_snapshots
+from simulator.plan import serials
 from simulator.plan.model import Expectation, Plan
 
 SCHEMA = "midm-sim-report/1"
@@ -107,6 +109,8 @@ def assemble(
 ) -> dict[str, Any]:
     """`build()` from JSON parts (what `merge()` has of a plan)."""
     generator = _generator(snapshot, duration_s)
+    shared = serials.duplicates(str(d[1]) for d in (scenario.get("plan") or {}).get("devices", ()))
+    shared_warning = serials.warning(shared)
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "scenario": dict(scenario),
@@ -118,7 +122,7 @@ def assemble(
         "duration_s": round(duration_s, 3),
         "time_scale": snapshot.time_scale,
         "partial": partial,
-        "devices": dict(devices),
+        "devices": {**devices, "duplicate_serials": serials.duplicate_devices(shared)},
         "requests": _requests(snapshot),
         "timeline": _timeline(snapshot, duration_s),
         "convergence": _convergence(snapshot, server_status or {}),
@@ -128,8 +132,15 @@ def assemble(
             "mismatches": list((consistency or {}).get("mismatches", [])),
         },
         "events": {"queued": snapshot.events_queued, **(events or {})},
-        "warnings": [*_warnings(generator, partial), *warnings],
+        "warnings": [
+            *_warnings(generator, partial),
+            *([shared_warning] if shared_warning else []),
+            *warnings,
+        ],
     }
+    figures_of_herd = herd(scenario.get("plan") or {}, report["timeline"], snapshot.time_scale)
+    if figures_of_herd is not None:
+        report["herd"] = figures_of_herd
     report["expectations"] = expectations.check(checks, report)
     report["snapshot"] = snapshot.to_json()
     return report
@@ -438,6 +449,15 @@ def summary(report: Mapping[str, Any]) -> Group:
             f"consistency mismatches: {len(report.get('consistency', {}).get('mismatches', []))}"
         )
     )
+    herd_figures = report.get("herd")
+    if isinstance(herd_figures, Mapping):
+        parts.append(
+            Text(
+                f"herd after the outage: peak {_fmt(herd_figures.get('peak_rps'))} requests/s, "
+                f"steady {_fmt(herd_figures.get('steady_rps'))} requests/s, "
+                f"ratio {_fmt(herd_figures.get('ratio'))}"
+            )
+        )
     for warning in report.get("warnings", []):
         parts.append(Text(f"WARNING: {warning}", style="bold red"))
     checks = report.get("expectations", [])

@@ -63,6 +63,7 @@ from simulator.fleet import Device, Fleet, FleetSettings
 from simulator.heap import HeapKeeper
 from simulator.ledger import EventLedger, EventsCheck, reconcile
 from simulator.metrics import Metrics
+from simulator.plan import serials
 from simulator.plan.expand import expand
 from simulator.plan.model import ActionKind, Plan
 from simulator.plan.shards import Shard, resaved, serials_digest, shard_plan
@@ -155,13 +156,31 @@ def plan_of(settings: RunSettings) -> Plan:
     """The scenario validated and expanded with the flags' overrides (SettingsError)."""
     scenario = load(settings.scenario)
     seed = scenario.seed if settings.seed is None else settings.seed
-    return expand(
+    plan = expand(
         scenario,
         seed,
         devices=settings.devices,
         duration=settings.duration_s,
         time_scale=settings.time_scale,
     )
+    check_restarts(plan, settings)
+    return plan
+
+
+def check_restarts(plan: Plan, settings: RunSettings) -> None:
+    """restart_server restarts the embedded server: SettingsError with --target (a server the
+    simulator does not own) or --workers (the server is the parent's, the timeline a child's)."""
+    restart = next((a for a in plan.timeline if a.action is ActionKind.RESTART_SERVER), None)
+    if restart is None:
+        return
+    flag = (
+        "--target" if settings.target is not None else "--workers" if settings.workers > 1 else None
+    )
+    if flag is not None:
+        raise SettingsError(
+            f"{settings.scenario}: timeline action restart_server (at_s {restart.at_s:g}) "
+            f"restarts the embedded server: it cannot run with {flag}"
+        )
 
 
 def default_report_dir(now_ms: int) -> Path:
@@ -243,6 +262,9 @@ async def probe(url: str) -> None:
 
 async def main(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> int:
     """Run, print the summary and the failed expectations; the exit status."""
+    shared = serials.warning(serials.duplicates(d.serial for d in plan.devices))
+    if shared is not None and settings.shard.runs_timeline:  # said once, by shard 0
+        sys.stderr.write(f"midm-sim: warning: {shared}\n")
     outcome = await execute(settings, plan, stop)
     show(outcome)
     return outcome.exit_code
@@ -338,7 +360,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
             )
         )
         saves: list[ActionResult] = []  # profile saves before the metrics exist
-        timeline = Timeline(plan, admin, on_action=saves.append)
+        timeline = Timeline(plan, admin, on_action=saves.append, server=server)
         begin = await _begin(settings, plan, admin, timeline, clock, system, stop)
         clock = begin.clock
         server_cpu_t0 = server.cpu_s() if server is not None else None
@@ -474,6 +496,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
                 "action": str(r.action),
                 "name": r.name,
                 "started_s": round(r.started_s, 3),
+                "duration_s": round(r.duration_s, 3),
                 "error": r.error,
             }
             for r in timeline.results
@@ -556,12 +579,11 @@ async def _events_check(
         serial = str(row.get("profile", {}).get("hardware_info", {}).get("serial_no", ""))
         if serial in mine:
             serial_of[str(row.get("uuid"))] = serial
-    pending = {
-        d.planned.serial: {
+    pending: dict[str, set[str]] = {}  # by serial: two devices may share one (never merged)
+    for d in devices:
+        pending.setdefault(d.planned.serial, set()).update(
             str(item.body.get("id")) for item in d.agent.outbox.pending(ItemKind.EVENT, 1 << 30)
-        }
-        for d in devices
-    }
+        )
     return reconcile(ledger.queued(), pending, events, serial_of)
 
 

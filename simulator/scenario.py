@@ -51,6 +51,9 @@ Schema: every key optional unless marked *required*; this block is itself a vali
     # snapshot = "tc52.json"   # a `midm-agent snapshot` file (relative to the scenario): its
                                # hardware_info (not the serial), build, apps, power and network
                                # are the kind's defaults; the keys below override them
+    # serial_prefix = "K-"     # its devices are K- + their number within the kind (default:
+                               # the scenario's prefix + the fleet index); two kinds with one
+                               # prefix share serials (reported: devices.duplicate_serials)
     manufacturer = "Acme"
     brand = "Acme"
     model = "K1"               # *required* without a snapshot
@@ -137,6 +140,11 @@ Schema: every key optional unless marked *required*; this block is itself a vali
     [[timeline]]
     at_s = 50
     action = "revoke_tokens"   # the admin's access token is revoked; the timeline logs in again
+
+    [[timeline]]
+    at_s = 55
+    action = "restart_server"  # the embedded server stops (SIGTERM) and starts again on the
+    down_s = 0                 # same port and database after down_s (refused with --target)
 
     [[faults]]                 # between the devices and the target, for a while (any number)
     type = "latency"           # latency | outage | refused | drop | reset | truncate | status |
@@ -225,9 +233,9 @@ OTA_KEYS = (
     "type", "size_kb",
 )  # fmt: skip
 KIND_KEYS = (
-    "count", "share", "snapshot", "manufacturer", "brand", "model", "apps", "network", "push",
-    "sync_spread_s", "clock_skew_s", "checkin_interval_s", "group", "sleep", "offline", "power",
-    "build",
+    "count", "share", "snapshot", "serial_prefix", "manufacturer", "brand", "model", "apps",
+    "network", "push", "sync_spread_s", "clock_skew_s", "checkin_interval_s", "group", "sleep",
+    "offline", "power", "build",
 )  # fmt: skip
 BUILD_KEYS = (
     "fingerprint", "build_date", "display_id", "sdk", "device_id", "product_id", "sku_id",
@@ -242,6 +250,7 @@ ACTION_KEYS: dict[ActionKind, tuple[str, ...]] = {
     ActionKind.EDIT_PROFILE: ("name", "changes"),
     ActionKind.RESAVE_DEVICES: ("kind", "count", "share", "serials"),
     ActionKind.REVOKE_TOKENS: (),
+    ActionKind.RESTART_SERVER: ("down_s",),
 }
 
 
@@ -375,6 +384,7 @@ class _Reader:
         return KindSpec(
             count=count,
             share=share,
+            serial_prefix=t.string("serial_prefix", None),
             kind=DeviceKind(
                 name=name,
                 manufacturer=t.string("manufacturer", hardware.get("manufacturer", "")),
@@ -678,6 +688,8 @@ class _Reader:
             args = {"name": name, "changes": changes}
         elif action is ActionKind.RESAVE_DEVICES:
             args = self.resave(t, names)
+        elif action is ActionKind.RESTART_SERVER:
+            args = {"down_s": t.number("down_s", 0.0, minimum=0.0, maximum=3600.0)}
         else:
             args = {}
         return AdminAction(at_s=at, action=action, args=freeze(args))

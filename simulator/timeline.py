@@ -3,12 +3,15 @@
 `setup()` runs before the fleet starts (scenario time 0): it generates every artifact the plan
 uploads (off the event loop), runs the actions at `at_s` 0 (the groups devices are saved in, and
 whatever else is due at once), then saves every planned device in bulk into its kind's group, so
-that agents need only register. `run(stop)` runs the rest in time order, each at `t0 + at_s` on
+that agents need only register (a serial two planned devices share is saved once, as the
+first's). `run(stop)` runs the rest in time order, each at `t0 + at_s` on
 the admin client's Clock (the runner's ScaledClock, the agents' too; a FakeClock in tests), the
 first request of each action intended at that time. Names are resolved to the server's uuids
 as they are created. An action the server refuses during the run is recorded (the admin
 request's error goes to the metrics too) and the timeline goes on; a failure in setup is
-raised: the run cannot be done.
+raised: the run cannot be done. `restart_server` asks the `server` it was given (the embedded
+server: simulator/embedded.py) to stop and start again, down for `down_s` scenario seconds;
+without one (a --target run, which the runner refuses first) the action fails with that reason.
 """
 
 from __future__ import annotations
@@ -22,10 +25,17 @@ import structlog
 
 from agent.clock import Clock, Waitable
 from simulator.admin import AdminClient, AdminError, device_body
+from simulator.errors import RunError
 from simulator.gen import build_apk, build_ota
 from simulator.plan.model import ActionKind, AdminAction, Plan, PlannedDevice, json_value
 
 log = structlog.get_logger("simulator.timeline")
+
+
+class Restartable(Protocol):
+    """What restart_server restarts (simulator.embedded.EmbeddedServer)."""
+
+    async def restart(self, *, down_s: float = 0.0) -> float: ...
 
 
 class Artifacts(Protocol):
@@ -87,6 +97,8 @@ def _label(action: AdminAction) -> str:
     args = action.args
     if action.action is ActionKind.RESAVE_DEVICES:
         return f"{len(args.get('serials') or ())} devices"
+    if action.action is ActionKind.RESTART_SERVER:
+        return f"down {float(args.get('down_s') or 0.0):g} s"
     return str(args.get("name", ""))
 
 
@@ -115,8 +127,10 @@ class Timeline:
         *,
         artifacts: Artifacts | None = None,
         on_action: Callable[[ActionResult], None] | None = None,
+        server: Restartable | None = None,
     ) -> None:
         self.plan, self.admin = plan, admin
+        self.server = server
         self.clock: Clock = admin.clock  # one clock for the schedule and the requests' times
         self.on_action = on_action
         self.artifacts: Artifacts = artifacts or GeneratedArtifacts()
@@ -151,9 +165,11 @@ class Timeline:
             result = await self._run_one(self._done, self.plan.timeline[self._done])
             if result.error is not None:
                 raise AdminError(f"timeline at 0 s, {result.action} {result.name}: {result.error}")
-        saved = await self.admin.save_devices(
-            self._device_body(d) for d in (self.plan.devices if devices is None else devices)
-        )
+        chosen = self.plan.devices if devices is None else devices
+        unique: dict[str, PlannedDevice] = {}
+        for device in chosen:  # a serial two devices share is saved once
+            unique.setdefault(device.serial, device)
+        saved = await self.admin.save_devices(self._device_body(d) for d in unique.values())
         log.info("timeline.devices_saved", devices=saved)
         return saved
 
@@ -188,7 +204,7 @@ class Timeline:
         with self.admin.intended_at(intended):
             try:
                 uuid = await self._perform(index, action)
-            except AdminError as exc:
+            except RunError as exc:  # AdminError, or a server that did not come back
                 error = str(exc)
             except KeyError as exc:  # a name whose own action failed earlier
                 error = f"{exc.args[0]!r} was not created (its action failed)"
@@ -245,6 +261,12 @@ class Timeline:
             serials = [s for s in args.get("serials") or () if s in self._devices]
             await self.admin.save_devices(self._device_body(self._devices[s]) for s in serials)
             self.resaved.update(serials)
+            return None
+        elif kind is ActionKind.RESTART_SERVER:
+            if self.server is None:
+                raise RunError("restart_server: no embedded server to restart (a --target run)")
+            down = await self.server.restart(down_s=float(args["down_s"]) / self.plan.time_scale)
+            log.info("timeline.server_restarted", down_real_s=round(down, 3))
             return None
         else:  # revoke_tokens
             await self.admin.logout()

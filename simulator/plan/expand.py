@@ -8,6 +8,8 @@ Theory of operation:
   them). Device i arrives when the expected number of arrivals, the integral of r, reaches u_i:
   u_i = i (even) or the sum of i+1 exponential gaps of mean 1 (poisson). Arrivals never wait
   for answers: each is an intended time.
+- Serials: the scenario's prefix + the device's index, or (a kind with its own serial_prefix)
+  that prefix + the device's number within its kind: two kinds given one prefix share serials.
 - Seeds: device i's seed is the i-th draw of a SplitMix64 stream of the run's seed, whatever the
   fleet's size. Re-save selections are drawn from the devices arrived by then (others if short).
 Same scenario and seed give the same Plan and plan_hash(); nothing here reads a clock or a file.
@@ -155,6 +157,23 @@ def _resave(
     )
 
 
+def _serials(scenario: Scenario, dealt: Sequence[str], width: int) -> list[str]:
+    """Device i's serial: the scenario's prefix + i, or its kind's prefix + its number within
+    the kind (two kinds with one prefix share serials: a fleet with duplicate serials)."""
+    own = {k.kind.name: k.serial_prefix for k in scenario.kinds}
+    numbers: dict[str, int] = {}
+    serials = []
+    for i, kind in enumerate(dealt):
+        prefix = own.get(kind)
+        if prefix is None:
+            serials.append(f"{scenario.serial_prefix}{i:0{width}d}")
+            continue
+        n = numbers.get(kind, 0)
+        numbers[kind] = n + 1
+        serials.append(f"{prefix}{n:0{width}d}")
+    return serials
+
+
 def expand(
     scenario: Scenario,
     seed: int,
@@ -173,14 +192,10 @@ def expand(
     seeds = SplitMix64(seed ^ _DEVICE_STREAM)
     width = max(6, len(str(max(len(dealt) - 1, 0))))
     planned = tuple(
-        PlannedDevice(
-            index=i,
-            serial=f"{scenario.serial_prefix}{i:0{width}d}",
-            kind=kind,
-            arrive_s=times[i],
-            seed=seeds.next64(),
+        PlannedDevice(index=i, serial=serial, kind=kind, arrive_s=times[i], seed=seeds.next64())
+        for i, (kind, serial) in enumerate(
+            zip(dealt, _serials(scenario, dealt, width), strict=True)
         )
-        for i, kind in enumerate(dealt)
     )
     timeline = tuple(
         _resave(a, n, planned, seed) if a.action is ActionKind.RESAVE_DEVICES else a

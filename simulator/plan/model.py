@@ -22,6 +22,8 @@ AdminAction args, per ActionKind (names are the scenario's; the timeline resolve
   and revokes their device tokens; each keeps its kind's group).
 - revoke_tokens: no args: the admin's access token is revoked (logout) and the timeline logs in
   again (device tokens are revoked by re-saving devices: resave_devices).
+- restart_server: `down_s` float (scenario seconds it stays down): the embedded server is stopped
+  (SIGTERM) and started again on the same port and database (simulator/embedded.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ActionKind(StrEnum):
     EDIT_PROFILE = "edit_profile"
     RESAVE_DEVICES = "resave_devices"
     REVOKE_TOKENS = "revoke_tokens"
+    RESTART_SERVER = "restart_server"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

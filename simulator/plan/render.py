@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simulator.plan.model import ActionKind, AdminAction, DeviceKind, Plan
+from simulator.plan.serials import duplicates, warning
 
 ARRIVAL_COLUMNS = 12  # seconds of arrivals shown per line
 
@@ -30,6 +31,9 @@ def render(plan: Plan) -> str:
     for name, kind in plan.kinds.items():
         lines.append(f"  {name:<{width}}  {by_kind[name]:>7,}  {_kind_line(kind)}")
         lines.extend(f"  {'':<{width}}           {extra}" for extra in _kind_extras(kind))
+    shared = warning(duplicates(d.serial for d in plan.devices))
+    if shared is not None:
+        lines.append(f"  WARNING: {shared}")
     lines += ["", *_arrivals(plan)]
     lines += ["", f"timeline: {len(plan.timeline)} admin actions"]
     for action in plan.timeline:
@@ -112,6 +116,8 @@ def _action_text(action: AdminAction) -> str:
         serials = list(args.get("serials") or ())
         shown = ", ".join(serials[:3]) + (", ..." if len(serials) > 3 else "")
         return f"{len(serials)} devices ({shown})" if serials else "no devices"
+    if kind is ActionKind.RESTART_SERVER:
+        return f"the embedded server, down {float(args.get('down_s') or 0.0):g} s"
     return "the admin's access token"
 
 

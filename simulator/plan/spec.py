@@ -38,11 +38,14 @@ class ArrivalSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KindSpec:
-    """A kind of device and how many: `count` devices, or a `share` of the fleet's total."""
+    """A kind of device and how many: `count` devices, or a `share` of the fleet's total.
+    `serial_prefix`: its devices are numbered PREFIX + their number within the kind (None: the
+    scenario's prefix + the device's index in the fleet)."""
 
     kind: DeviceKind
     count: int | None = None
     share: float | None = None
+    serial_prefix: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
