@@ -21,7 +21,11 @@ from simulator.scenario import ScenarioError, load, parse
 from simulator.toml_fields import Locator
 
 SCENARIOS = Path(__file__).parent.parent.parent / "scenarios"
-SHIPPED = ("quickstart", "rollout-by-group", "ota-on-battery", "partial-chain", "push-fleet")
+SHIPPED = (
+    "quickstart", "rollout-by-group", "ota-on-battery", "partial-chain", "push-fleet",
+    "herd-after-outage", "partial-wrong-base", "download-resume", "resave-recover", "clock-skew",
+    "duplicate-serials", "restart-mid-rollout", "slow-server", "staged-rollout-wake", "soak",
+)  # fmt: skip
 
 MINIMAL = """\
 [scenario]
