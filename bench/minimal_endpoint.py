@@ -41,7 +41,7 @@ except ImportError:  # the bench scripts say "skipped" before starting this one
     httptools = None  # type: ignore[assignment]
 
 COUNT_PATH = b"/_bench/count"
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 CHECKIN = b"/ota/api/agent/checkin"
 TOKEN = "bench-token"  # noqa: S105 - the fixed token of a throwaway endpoint
 

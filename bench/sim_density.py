@@ -18,14 +18,18 @@ more with every device up: the steady window, from 2 s after the last arrival to
 RSS per device = (RSS at the end of the steady window - RSS when the fleet started, after the
 server, the admin set-up and the bulk save) / N. A step is held when every device enrolled (and
 in (a) is on its channel), errors are under 0.1 % and the steady window's send-lag p99 is
-under 10 ms; the headline per mode is the most devices held and the RSS per device there.
+under 10 ms; the headline per mode is the most devices held and the RSS per device there, and
+the most devices *up* (enrolled, on their channels, errors under 0.1 %, whatever the lag) with
+their RSS per device and steady send-lag p99. Baseline in the same command: beside each step a
+process that does nothing but the same loop probe (`machine_idle_loop_lag_ms`): the lag this
+shared machine alone gives a loop with no work. A step not up ends its mode's series.
 `--transport lean` runs the agents' requests on agent/transport/lean.py (the runner's
 FleetTransports replaced in the child only); aiohttp is what `midm-sim run` uses.
 
 The open-files soft limit is raised to the hard one (each push channel is a descriptor in the
 worker and one in the server). A step that would not fit in what is left of `--budget` seconds
-is skipped; a step not held ends its mode's series. The load average before and after each step
-is in the JSON (the machine is shared: rerun a noisy step).
+is skipped. The load average before and after each step is in the JSON (the machine is shared:
+rerun a noisy step).
 
 Targets (issue 13): (a) 15,000 devices under 25 KB each, (b) 50,000 devices under 10 KB each.
 Measured before (bench/sim_capacity, push on, 5,000 devices): 24.3 KB per device.
@@ -34,13 +38,17 @@ Measured before (bench/sim_capacity, push on, 5,000 devices): 24.3 KB per device
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +67,7 @@ from bench.sim_capacity import (
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"push": (15_000, 25.0), "poll": (50_000, 10.0)}
+PROBE_S = 0.01
 
 
 def scenario(folder: Path, mode: str, devices: int, interval: float, arrive_s: float) -> Path:
@@ -79,6 +88,65 @@ def scenario(folder: Path, mode: str, devices: int, interval: float, arrive_s: f
     path = folder / f"density-{mode}-{devices}.toml"
     path.write_text(text)
     return path
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def idle_probe(out: Path) -> Iterator[None]:
+    """The baseline beside each step: a process doing nothing but the simulator's loop probe
+    (uvloop, 10 ms sleeps, a stall counted for the wake-ups it swallowed) for as long as the
+    step runs; its lag is what this shared machine alone does to a loop that has no work."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.sim_density", "--idle-probe", str(out)], cwd=ROOT
+    )
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def idle_probe_child(out: Path) -> None:
+    """Probe until SIGTERM; then p50/p99/max of the lag (ms) to `out`."""
+    from simulator import figures
+
+    lag = figures.new_histogram()
+
+    async def probe() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        while not stop.is_set():
+            due = loop.time() + PROBE_S
+            await asyncio.sleep(PROBE_S)
+            figures.record_us_corrected(lag, max(0.0, loop.time() - due), PROBE_S)
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(probe())
+    else:
+        uvloop.run(probe())
+    out.write_text(
+        json.dumps(
+            {
+                "samples": lag.get_total_count(),
+                "p50": round(lag.get_value_at_percentile(50) / 1000, 3),
+                "p99": round(lag.get_value_at_percentile(99) / 1000, 3),
+                "max": round(lag.get_max_value() / 1000, 3),
+            }
+        )
+    )
 
 
 def step(folder: Path, mode: str, devices: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -111,7 +179,9 @@ def step(folder: Path, mode: str, devices: int, args: argparse.Namespace) -> dic
         str(scale),
     ]
     load_before = load_average()
-    code, wall = run_worker(command, log, duration / scale + OVERHEAD_S * 4 + devices / 50)
+    idle = folder / f"idle-{mode}-{devices}.json"
+    with idle_probe(idle):
+        code, wall = run_worker(command, log, duration / scale + OVERHEAD_S * 4 + devices / 50)
     result: dict[str, Any] = {
         "mode": mode,
         "devices": devices,
@@ -121,6 +191,7 @@ def step(folder: Path, mode: str, devices: int, args: argparse.Namespace) -> dic
         "wall_s": round(wall, 1),
         "load_average_before": load_before,
         "load_average_after": load_average(),
+        "machine_idle_loop_lag_ms": read_json(idle),
     }
     try:
         report = json.loads((report_dir / "report.json").read_text())
@@ -131,12 +202,14 @@ def step(folder: Path, mode: str, devices: int, args: argparse.Namespace) -> dic
         result["held_steady"] = False
         return result
     found = figures(report, probe, devices)
-    if mode == "poll":  # no channels to hold: `figures` asks for one per device
-        up = (
-            found["devices_enrolled"] == devices
-            and found["error_rate"] < 0.001
-            and found["push_channels_open_at_end"] == 0
-        )
+    channels = devices if mode == "push" else 0  # (b): none; `figures` asks for one a device
+    up = (
+        found["devices_enrolled"] == devices
+        and found["error_rate"] < 0.001
+        and found["push_channels_open_at_end"] == channels
+    )
+    found["up"] = up  # every device enrolled (and on its channel), errors under 0.1 %
+    if mode == "poll":
         steady = found["send_lag_ms"]["steady"]["p99"]
         found["held_steady"] = up and steady is not None and steady < 10.0
         found["held"] = up and (found["send_lag_p99_ms"] or 1e9) < 10.0
@@ -149,10 +222,20 @@ def step(folder: Path, mode: str, devices: int, args: argparse.Namespace) -> dic
 def headline(mode: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
     held = [s for s in steps if s.get("held_steady")]
     best = max(held, key=lambda s: s["devices"]) if held else None
+    up = [s for s in steps if s.get("up")]
+    most_up = max(up, key=lambda s: s["devices"]) if up else None
     devices, kb = TARGETS[mode]
     return {
         "most_devices_held": best["devices"] if best else 0,
         "rss_per_device_kb_there": best["rss_per_device_kb"] if best else None,
+        "most_devices_up": most_up["devices"] if most_up else 0,
+        "rss_per_device_kb_there_up": most_up["rss_per_device_kb"] if most_up else None,
+        "steady_send_lag_p99_ms_there_up": (
+            most_up["send_lag_ms"]["steady"]["p99"] if most_up else None
+        ),
+        "machine_idle_loop_lag_p99_ms_there_up": (
+            (most_up.get("machine_idle_loop_lag_ms") or {}).get("p99") if most_up else None
+        ),
         "target": f"{devices} devices under {kb:g} KB each",
         "target_met": bool(
             best and best["devices"] >= devices and (best["rss_per_device_kb"] or 1e9) < kb
@@ -206,7 +289,7 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
                     f"{found.get('rss_per_device_kb')} KB, steady lag p99 "
                     f"{(found.get('send_lag_ms') or {}).get('steady', {}).get('p99')} ms\n"
                 )
-                if not found.get("held_steady") and not args.all:
+                if not found.get("up") and not args.all:
                     break
             done = [s for s in steps if "skipped" not in s]
             result[mode] = {"steps": steps, **headline(mode, done)}
@@ -242,8 +325,12 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep each step's report and log here")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--windows", help=argparse.SUPPRESS)
+    parser.add_argument("--idle-probe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.idle_probe is not None:
+        idle_probe_child(args.idle_probe)
+        return
     if args.child is not None:
         sys.exit(density_child(args))
     if args.arrive <= 0 or args.time_scale <= 0 or args.budget <= 0:

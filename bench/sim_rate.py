@@ -24,6 +24,8 @@ interval, the time scale chosen so that they make 80 % of the lean `max` rate pe
 loop probe's send lag (10 ms probe, a stall counted for the wake-ups it swallowed, as the
 simulator's) and the check-ins' latency from their intended time, for `--seconds`. Also at
 80 % of the per-wall-second rate (what this loaded machine gave the worker), labelled apart.
+Then a sweep at `--fractions` of the per-CPU-second rate (60, 40, 20 % by default): the send
+lag's curve, and the highest fraction whose send-lag p99 stays under 10 ms.
 Target (issue 13): send-lag p99 under 10 ms at 80 % of the rate.
 The load average before and after is in the JSON.
 """
@@ -46,6 +48,7 @@ from bench.common import emit
 from bench.minimal_endpoint import ROOT, EndpointProcess, load_average
 
 TARGET_LAG_MS = 10.0
+SWEEP_KEYS = ("target_checkins_per_s", "checkins_per_s", "cpu_share", "send_lag_ms")
 MAX_INTERVAL_S = 1.0  # the endpoint's nextCheckinSeconds in `max`
 MAX_SCALE = 1000.0
 PACED_INTERVAL_S = 60.0
@@ -351,6 +354,15 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
             else None
         )
         result["paced_80pct_of_cpu_rate"] = paced(args, 0.8 * per_cpu, "80% of per-CPU-second")
+        sweep = []
+        for fraction in sorted(args.fractions, reverse=True):
+            run = paced(args, fraction * per_cpu, f"{fraction:.0%} of per-CPU-second")
+            sweep.append({"fraction": fraction, **{k: run.get(k) for k in SWEEP_KEYS}})
+        result["paced_sweep"] = sweep
+        under = [s for s in sweep if (s["send_lag_ms"] or {}).get("p99", 1e9) < TARGET_LAG_MS]
+        result["highest_fraction_with_lag_p99_under_10ms"] = (
+            max(s["fraction"] for s in under) if under else None
+        )
     if per_wall:
         result["paced_80pct_of_wall_rate"] = paced(args, 0.8 * per_wall, "80% of per-second")
     result["checkins_per_cpu_s"] = per_cpu
@@ -377,6 +389,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=4, help="lean pool: connections")
     parser.add_argument("--pipeline", type=int, default=16, help="lean pool: in flight each")
     parser.add_argument("--paced-devices", type=int, default=2000)
+    parser.add_argument(
+        "--fractions",
+        type=lambda text: [float(x) for x in text.split(",") if x.strip()],
+        default=[0.6, 0.4, 0.2],
+        help="also paced at these fractions of the rate (the lag's curve)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--transport", default="lean", help=argparse.SUPPRESS)
@@ -392,6 +410,8 @@ def main() -> None:
         sys.exit("sim_rate: --devices, --paced-devices, --repeat, --limit, --pipeline: >= 1")
     if args.seconds <= 0 or args.warmup < 0:
         sys.exit("sim_rate: --seconds must be > 0 and --warmup >= 0")
+    if not all(0 < f <= 1 for f in args.fractions):
+        sys.exit("sim_rate: --fractions are between 0 and 1, e.g. 0.6,0.4,0.2")
     try:
         import httptools  # noqa: F401 - the endpoint and the lean transport need it
     except ImportError:
