@@ -138,7 +138,9 @@ class _Waits:
             self._at = when
 
     def _fire(self) -> None:
-        heap, now = self._heap, self.loop.time()
+        # what the timer was set for is due, even if the loop's clock reads a hair earlier
+        # (uvloop's timers and time() are in whole milliseconds): no re-arming spin
+        heap, now = self._heap, max(self.loop.time(), self._at)
         while heap and heap[0][0] <= now:
             future = heapq.heappop(heap)[2]
             if not future.done():
