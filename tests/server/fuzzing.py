@@ -2,7 +2,7 @@
 the configuration, the credentials each operation needs, and the checks beyond the built-ins.
 
 - Every generated request carries what a well-behaved client of its operation sends (site key,
-  admin bearer or device token; a fresh bearer for each logout) and names its own site.
+  admin bearer or device token; a fresh bearer for each logout); valid data names its own site.
 - `whole`: JSON Schema counts 2.0 as an integer, the server (as its parsers always did, and as
   the document says) wants 2; generated bodies and queries are sent with whole numbers as ints.
 - `valid_data_accepted`: schema-valid data is accepted, or refused with 40001 only by the
@@ -202,8 +202,9 @@ class Credentials:
         return {**key, "Authorization": f"Bearer {bearer}"}
 
     def own_site(self, case: Case) -> None:
-        """siteUuid/siteId name the caller's own site: another is 40300 before anything runs."""
-        if case.query:
+        """siteUuid/siteId of valid data name the caller's own site (another is 40300 before
+        anything runs); invalid data is left as generated (its mutation may be these two)."""
+        if case.query and _positive(case):
             for name, value in (("siteUuid", self.site_uuid), ("siteId", self.site_name)):
                 if name in case.query:
                     case.query[name] = value
