@@ -20,7 +20,7 @@ from typing import Any
 from server.domain.profiles import time_ms
 from server.domain.validation import Fields, check_value, expect_list, expect_object, join
 from server.errors import InvalidField
-from server.limits import INT_MAX, MAX_APPS, MAX_EVENTS, MAX_STRING
+from server.limits import INT_MAX, INT_MIN, MAX_APPS, MAX_EVENTS, MAX_STRING
 
 EVENT_KINDS = ("app", "ota", "settings", "profile")
 EVENT_STATUSES = (
@@ -87,7 +87,7 @@ def parse_checkin(body: Any) -> CheckinReport:
     if battery is not None and (
         isinstance(battery, bool)
         or not isinstance(battery, int | float)
-        or not -INT_MAX <= battery <= INT_MAX  # also NaN (never in range), Infinity
+        or not INT_MIN <= battery <= INT_MAX  # also NaN (never in range), Infinity
     ):
         raise InvalidField("power.battery: must be a finite number (percent) within signed 64 bits")
     activity = top.string("activity", max_len=64)

@@ -67,6 +67,16 @@ async def test_checkin_over_64_bits_is_refused_alone(
         assert stored[0][0] == version
 
 
+async def test_battery_takes_the_whole_signed_64_bit_range(server: Server, admin: Client) -> None:
+    """-2^63 is a 64-bit integer like any other (the fuzzer found it refused); one below is not."""
+    mine = await enroll(admin, "D2")
+    low = {**CHECKIN, "power": {"battery": -(2**63)}}
+    assert (await mine.post(CHECKIN_PATH, low)).status == 200
+    reply = await mine.call("POST", CHECKIN_PATH, raw=b'{"power":{"battery":-9223372036854775809}}')
+    assert (reply.status, reply.code) == (400, 40001), reply.body
+    assert "power.battery" in reply.body["message"]
+
+
 async def _admin_of(server: Server, http: aiohttp.ClientSession, name: str) -> Client:
     site = server.sites[name]
     client = Client(http, server.base, site.key)
