@@ -32,7 +32,16 @@ is skipped. The load average before and after each step is in the JSON (the mach
 rerun a noisy step).
 
 Targets (issue 13): (a) 15,000 devices under 25 KB each, (b) 50,000 devices under 10 KB each.
-Measured before (bench/sim_capacity, push on, 5,000 devices): 24.3 KB per device.
+Measured before (bench/sim_capacity, push on, 5,000 devices): 24.3 KB per device. Measured
+here with `--transport lean` (2 cores shared with other test runs, load average 1.6-5.7):
+(a) `--push-steps 15000 --arrive 3`: 15,000 up (all enrolled and on their channels, no error,
+no consistency mismatch), 24.2 KB per device, steady send-lag p99 25 ms while the idle probe
+saw 10 ms: not held. (b) `--poll-steps 50000 --poll-interval 300 --arrive 1.25`: 50,000 up,
+7.5 KB per device, steady send-lag p99 19 ms: not held; at the 120 s default with arrivals over
+240 s the reference server's registrations fell behind (timeouts, retries) past ~15,000, and
+25,000 were up at 7.8 KB per device. With aiohttp's client (the default) and arrivals over 2
+intervals (load average 5-7) the 15,000-device push step fell apart: 57 % errors
+(registrations timed out), 30.8 KB per device; not rerun like for like.
 """
 
 from __future__ import annotations
