@@ -10,8 +10,9 @@ first request of each action intended at that time. Names are resolved to the se
 as they are created. An action the server refuses during the run is recorded (the admin
 request's error goes to the metrics too) and the timeline goes on; a failure in setup is
 raised: the run cannot be done. `restart_server` asks the `server` it was given (the embedded
-server: simulator/embedded.py) to stop and start again, down for `down_s` scenario seconds;
-without one (a --target run, which the runner refuses first) the action fails with that reason.
+server: simulator/embedded.py) to stop and start again, down for `down_s` scenario seconds
+(the actions due meanwhile run after it, late by its length, as an admin's would); without one
+(a --target run, which the runner refuses first) the action fails with that reason.
 """
 
 from __future__ import annotations

@@ -490,6 +490,8 @@ def test_partial_wrong_base(runs: dict[str, Run]) -> None:
     assert r["consistency"] == {"checked": 80, "mismatches": []}
     kinds = r["scenario"]["plan"]["kinds"]
     assert kinds["field-hotfix"]["model"] == "TC52"  # from snapshots/tc52.json
+    clones = [d[1] for d in r["scenario"]["plan"]["devices"]]  # the snapshot's serial: not used
+    assert len(set(clones)) == 80 and r["devices"]["duplicate_serials"] == 0
 
 
 def test_resave_recover(runs: dict[str, Run]) -> None:
