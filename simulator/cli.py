@@ -4,6 +4,7 @@
                  [--allow-remote] [--devices N] [--duration S] [--seed N] [--time-scale X]
                  [--report DIR] [--no-progress] [--metrics-port P [--metrics-host H]]
                  [--workers W | --shard I/N | --shard-from-env] [--run-id ID]
+                 [--transport aiohttp|lean]
     midm-sim validate SCENARIO.toml
     midm-sim merge REPORT_DIR... --report OUT [--allow-missing]
 
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", type=Path, help="report folder (default ./sim-report/<time>)")
     run.add_argument("--no-progress", action="store_true", help="plain lines, no live display")
     run.add_argument(
+        "--transport",
+        choices=("aiohttp", "lean"),
+        default="aiohttp",
+        help="the agents' HTTP client: aiohttp (default) or the lean pool (httptools)",
+    )
+    run.add_argument(
         "--workers", type=_positive_int, help="run W processes here, each a shard; merge them"
     )
     run.add_argument(
@@ -216,6 +223,7 @@ def run_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
         workers=workers,
         allow_remote=args.allow_remote,
         log_level=args.log_level,
+        transport=args.transport,
         **_metrics_settings(args),
     )
 

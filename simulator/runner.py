@@ -54,12 +54,13 @@ from agent.runtime.artifacts import ArtifactStore
 from agent.runtime.outbox import ItemKind
 from agent.transport.base import Exchange, Observer
 from agent.transport.fleet import FleetTransports
+from agent.transport.lean import LeanFleetTransports
 from simulator import progress, prometheus, report, shards
 from simulator.admin import AdminClient, AdminError, AdminRefused, AdminUnauthorized
 from simulator.consistency import check, settle
 from simulator.embedded import EmbeddedServer, embedded_server
 from simulator.errors import RunError, SettingsError
-from simulator.fleet import Device, Fleet, FleetSettings
+from simulator.fleet import Device, Fleet, FleetSettings, Transports
 from simulator.heap import HeapKeeper
 from simulator.ledger import EventLedger, EventsCheck, reconcile
 from simulator.metrics import Metrics
@@ -107,6 +108,7 @@ class RunSettings:
     log_level: str = "error"  # (passed on to workers)
     metrics_port: int | None = None  # serve live figures for Prometheus (simulator.prometheus)
     metrics_host: str = prometheus.DEFAULT_HOST
+    transport: str = "aiohttp"  # the agents' HTTP client: aiohttp, or lean (agent.transport.lean)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -376,9 +378,19 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
                 metrics.profile_saved(result.name, result.uuid, at_s=0.0)
         timeline.on_action = on_action
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="midm-sim-artifacts-"))
-        transports = await stack.enter_async_context(
-            FleetTransports(url, timeout_s=REQUEST_TIMEOUT_S, clock=clock, observer=metrics.observe)
-        )
+        transports: Transports
+        if settings.transport == "lean":
+            transports = await stack.enter_async_context(
+                LeanFleetTransports(
+                    url, timeout_s=REQUEST_TIMEOUT_S, clock=clock, observer=metrics.observe
+                )
+            )
+        else:
+            transports = await stack.enter_async_context(
+                FleetTransports(
+                    url, timeout_s=REQUEST_TIMEOUT_S, clock=clock, observer=metrics.observe
+                )
+            )
         ledger = EventLedger()
 
         def on_event(serial: str, event: Mapping[str, Any]) -> None:
@@ -475,6 +487,7 @@ async def execute(settings: RunSettings, plan: Plan, stop: asyncio.Event) -> Out
             warnings=_late_warning(shard, begin),
         )
         built["generator"]["gc"] = keeper.figures().to_json()
+        built["generator"]["transport"] = settings.transport
         if events is not None and events.violations:
             built["events_violations"] = events.violations
         built["fleet"] = {

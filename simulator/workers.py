@@ -88,6 +88,8 @@ def child_command(
     ]  # fmt: skip
     if settings.allow_remote:
         command.append("--allow-remote")
+    if settings.transport != "aiohttp":
+        command += ["--transport", settings.transport]
     if settings.metrics_port is not None:  # worker i serves its own shard's figures on P+i
         port = prometheus.worker_port(settings.metrics_port, shard.index)
         command += ["--metrics-port", str(port), "--metrics-host", settings.metrics_host]

@@ -209,6 +209,22 @@ def test_faults_hit_the_devices_and_nothing_is_lost(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+def test_the_lean_transport_runs_the_same_fleet(scenario: Path, tmp_path: Path) -> None:
+    """`--transport lean`: the agents' requests go through the httptools pool; the same
+    fleet enrolls, converges and is consistent."""
+    done = sim(
+        "run", scenario, "--transport", "lean", "--report", tmp_path / "r", "--no-progress",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = report_of(tmp_path / "r")
+    assert report["generator"]["transport"] == "lean"
+    assert report["devices"]["enrolled"] == DEVICES
+    assert report["requests"]["checkin"]["count"] >= DEVICES
+    assert report["convergence"]["update"]["applied"] == DEVICES
+    assert report["consistency"]["mismatches"] == []
+
+
 def test_the_same_seed_gives_the_same_plan(scenario: Path, tmp_path: Path) -> None:
     """Two runs with one seed have one plan hash (the same fleet and schedules); another seed
     gives another. `merge` adds the two runs' figures and refuses to mix in the third."""
