@@ -43,7 +43,7 @@ from agent.clock import Clock, ScaledClock
 from agent.config import AgentConfig
 from agent.core.rng import SplitMix64
 from agent.errors import TransportError
-from agent.models import AppRecord, BuildInfo, HardwareInfo
+from agent.models import AppRecord, HardwareInfo
 from agent.platforms.simulated import SimulatedPlatform
 from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
@@ -107,22 +107,6 @@ def change_times(kind: DeviceKind) -> list[float]:
 def hardware_of(kind: DeviceKind, serial: str) -> HardwareInfo:
     return HardwareInfo(
         serial_no=serial, manufacturer=kind.manufacturer, brand=kind.brand, model=kind.model
-    )
-
-
-def build_of(kind: DeviceKind) -> BuildInfo:
-    b = kind.build
-    return BuildInfo(
-        fingerprint=b.fingerprint,
-        build_date=b.build_date,
-        display_id=b.display_id,
-        sdk=b.sdk,
-        device_id=b.device_id,
-        product_id=b.product_id,
-        sku_id=b.sku_id,
-        customer_id=b.customer_id,
-        ab_update=b.ab_update,
-        region=b.region,
     )
 
 
@@ -348,7 +332,7 @@ class Fleet:
             )
             for name, kind in plan.kinds.items()
         }
-        self._builds = {name: build_of(kind) for name, kind in plan.kinds.items()}
+        self._builds = {name: kind.build for name, kind in plan.kinds.items()}
         self._apps = {name: apps_of(kind) for name, kind in plan.kinds.items()}
         self.devices: list[Device] = []
         self._running = 0

@@ -184,14 +184,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from agent import protocol
+from agent.models import BuildInfo
 from simulator import expectations as language
 from simulator.plan.expand import freeze, phases_of, time_of
 from simulator.plan.faults import DOWNLOAD, PUSH, Fault, FaultType
 from simulator.plan.model import (
+    BUILD_KEYS,
     ActionKind,
     AdminAction,
     AppSpec,
-    BuildSpec,
     DeviceKind,
     Expectation,
     PowerStep,
@@ -236,10 +237,6 @@ KIND_KEYS = (
     "count", "share", "snapshot", "serial_prefix", "manufacturer", "brand", "model", "apps",
     "network", "push", "sync_spread_s", "clock_skew_s", "checkin_interval_s", "group", "sleep",
     "offline", "power", "build",
-)  # fmt: skip
-BUILD_KEYS = (
-    "fingerprint", "build_date", "display_id", "sdk", "device_id", "product_id", "sku_id",
-    "customer_id", "ab_update", "region",
 )  # fmt: skip
 ARRIVAL_KEYS = ("process", "start_s", "rate", "ramp_s", "phases")
 ACTION_KEYS: dict[ActionKind, tuple[str, ...]] = {
@@ -373,7 +370,7 @@ class _Reader:
         base = self.snapshot(t) if t.has("snapshot") else None
         hardware = base["hardware"] if base else {}
         model = t.string("model", hardware.get("model") or REQUIRED)
-        build = self.build(t.table("build", BUILD_KEYS), base["build"] if base else BuildSpec())
+        build = self.build(t.table("build", BUILD_KEYS), base["build"] if base else BuildInfo())
         apps: dict[str, AppSpec] = {a.package: a for a in (base["apps"] if base else ())}
         for i, app in enumerate(t.strings("apps")):
             if app not in self.apps:
@@ -404,7 +401,7 @@ class _Reader:
             ),
         )
 
-    def build(self, t: Fields, base: BuildSpec) -> BuildSpec:
+    def build(self, t: Fields, base: BuildInfo) -> BuildInfo:
         changes: dict[str, Any] = {}
         for key in BUILD_KEYS:
             if not t.has(key):
@@ -500,7 +497,7 @@ class _Reader:
         network = document.get("network")
         return {
             "hardware": hardware,
-            "build": BuildSpec(**{k: v for k, v in build.items() if k in BUILD_KEYS}),
+            "build": BuildInfo(**{k: v for k, v in build.items() if k in BUILD_KEYS}),
             "apps": apps,
             "power": PowerStep(
                 at_s=0.0,

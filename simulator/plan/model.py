@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from agent.models import BuildInfo
 from simulator.plan.faults import Fault
 
 
@@ -49,20 +50,12 @@ class ActionKind(StrEnum):
     RESTART_SERVER = "restart_server"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BuildSpec:
-    """A device's build as its check-ins report it (the agent's BuildInfo fields)."""
-
-    fingerprint: str = ""
-    build_date: int | None = None  # epoch seconds
-    display_id: str = ""
-    sdk: str = ""
-    device_id: str = ""
-    product_id: str = ""
-    sku_id: str = ""
-    customer_id: str = ""
-    ab_update: bool = False
-    region: str = ""
+# A kind's build is the agent's own BuildInfo; a scenario sets these of its fields (`slot` is the
+# simulated platform's to report, not the scenario's).
+BUILD_KEYS = (
+    "fingerprint", "build_date", "display_id", "sdk", "device_id", "product_id", "sku_id",
+    "customer_id", "ab_update", "region",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,7 +97,7 @@ class DeviceKind:
     manufacturer: str
     brand: str
     model: str
-    build: BuildSpec
+    build: BuildInfo
     apps: tuple[AppSpec, ...] = ()
     power: tuple[PowerStep, ...] = (PowerStep(at_s=0.0, ac=True, battery=100.0),)
     sleep: tuple[Window, ...] = ()
@@ -198,18 +191,7 @@ def _kind_json(kind: DeviceKind) -> dict[str, Any]:
         "manufacturer": kind.manufacturer,
         "brand": kind.brand,
         "model": kind.model,
-        "build": {
-            "fingerprint": b.fingerprint,
-            "build_date": b.build_date,
-            "display_id": b.display_id,
-            "sdk": b.sdk,
-            "device_id": b.device_id,
-            "product_id": b.product_id,
-            "sku_id": b.sku_id,
-            "customer_id": b.customer_id,
-            "ab_update": b.ab_update,
-            "region": b.region,
-        },
+        "build": {key: getattr(b, key) for key in BUILD_KEYS},
         "apps": [
             {
                 "package": a.package,

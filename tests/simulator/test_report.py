@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from agent.models import BuildInfo
 from agent.transport.base import Exchange
 from simulator import figures, report, report_html
 from simulator.metrics import Metrics, MetricsSnapshot, Usage
 from simulator.plan.model import (
     ActionKind,
     AdminAction,
-    BuildSpec,
     DeviceKind,
     Expectation,
     Plan,
@@ -42,7 +42,7 @@ def plan(devices: int = 40) -> Plan:
         manufacturer="Acme",
         brand="acme",
         model="A1",
-        build=BuildSpec(fingerprint="acme/a1:14/1/1:user/release-keys", device_id="a1"),
+        build=BuildInfo(fingerprint="acme/a1:14/1/1:user/release-keys", device_id="a1"),
     )
     return Plan(
         scenario="quickstart",

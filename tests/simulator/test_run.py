@@ -15,13 +15,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from agent.models import BuildInfo
 from agent.transport.base import Exchange
 from simulator.consistency import Belief, Record, apps_of_wire, compare, newest_builds
 from simulator.fleet import change_times, state_at
 from simulator.plan.model import (
     ActionKind,
     AdminAction,
-    BuildSpec,
     DeviceKind,
     Plan,
     PlannedDevice,
@@ -290,7 +290,7 @@ def kind(**changes: Any) -> DeviceKind:
         "manufacturer": "Acme",
         "brand": "Acme",
         "model": "K",
-        "build": BuildSpec(fingerprint="f1"),
+        "build": BuildInfo(fingerprint="f1"),
     }
     values.update(changes)
     return DeviceKind(**values)
