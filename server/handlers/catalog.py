@@ -20,7 +20,7 @@ from server.domain import ota_info
 from server.domain.filenames import check_display_name
 from server.domain.paging import parse_page_request
 from server.errors import InvalidField
-from server.handlers.request import admin, session, site
+from server.handlers.request import Handler, admin, session, site
 from server.handlers.uploads import Upload, form_bool, read_upload
 from server.services.upload_parsers import Parsed
 from server.store import catalog
@@ -109,35 +109,35 @@ async def upload_ota(request: web.Request) -> web.Response:
     return ok(render_ota(row))
 
 
-@admin
-async def all_apps(request: web.Request) -> web.Response:
-    rows = await catalog.all_apps(services_of(request).db, site(request).uuid)
-    return ok([render_app(r) for r in rows], size=len(rows))
+def _all(listing: catalog.Listing, render: Callable[[Any], dict[str, Any]]) -> Handler:
+    """GET .../all: every object of the caller's site, oldest first."""
+
+    @admin
+    async def handler(request: web.Request) -> web.Response:
+        rows = await catalog.all_rows(services_of(request).db, listing, site(request).uuid)
+        return ok([render(r) for r in rows], size=len(rows))
+
+    return handler
 
 
-@admin
-async def find_apps(request: web.Request) -> web.Response:
-    page = parse_page_request(
-        request.query,
-        sortable=frozenset(catalog.APP_SORTABLE),
-        filterable=frozenset(catalog.APP_FILTERS),
-    )
-    rows, total = await catalog.find_apps(services_of(request).db, site(request).uuid, page)
-    return paged([render_app(r) for r in rows], total=total, size=page.size)
+def _find(listing: catalog.Listing, render: Callable[[Any], dict[str, Any]]) -> Handler:
+    """GET .../find: one page, filtered and sorted by the listing's keys (§1 paging)."""
+
+    @admin
+    async def handler(request: web.Request) -> web.Response:
+        page = parse_page_request(
+            request.query,
+            sortable=frozenset(listing.sortable),
+            filterable=frozenset(listing.filters),
+        )
+        db = services_of(request).db
+        rows, total = await catalog.find_rows(db, listing, site(request).uuid, page)
+        return paged([render(r) for r in rows], total=total, size=page.size)
+
+    return handler
 
 
-@admin
-async def all_otas(request: web.Request) -> web.Response:
-    rows = await catalog.all_otas(services_of(request).db, site(request).uuid)
-    return ok([render_ota(r) for r in rows], size=len(rows))
-
-
-@admin
-async def find_otas(request: web.Request) -> web.Response:
-    page = parse_page_request(
-        request.query,
-        sortable=frozenset(catalog.OTA_SORTABLE),
-        filterable=frozenset(catalog.OTA_FILTERS),
-    )
-    rows, total = await catalog.find_otas(services_of(request).db, site(request).uuid, page)
-    return paged([render_ota(r) for r in rows], total=total, size=page.size)
+all_apps = _all(catalog.APPS, render_app)
+find_apps = _find(catalog.APPS, render_app)
+all_otas = _all(catalog.OTAS, render_ota)
+find_otas = _find(catalog.OTAS, render_ota)

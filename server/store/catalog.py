@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,45 +24,66 @@ from server.store.db import reads, writes
 from server.store.query import FilterSpec, fetch_page
 
 FILE_COLUMNS = "uuid, site_uuid, sha256, length, file_name, content_type, created"
-APP_COLUMNS = (
-    "a.file_uuid, a.site_uuid, a.package_name, a.version_code, a.name, a.enable, a.user_uuid, "
-    "a.app_info, a.extra, a.registered_at, a.last_updated, f.sha256, f.length, f.file_name, "
-    "f.created AS file_created"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listing:
+    """How one kind of catalog object is read: its rows joined to their files (`alias` names
+    the object's table), the columns selected, and the filter and sort keys of its `find`."""
+
+    table: str
+    alias: str
+    columns: str
+    filters: Mapping[str, FilterSpec]
+    sortable: Mapping[str, str]
+
+
+APPS = Listing(
+    table="apps a JOIN files f ON f.uuid = a.file_uuid",
+    alias="a",
+    columns=(
+        "a.file_uuid, a.site_uuid, a.package_name, a.version_code, a.name, a.enable, "
+        "a.user_uuid, a.app_info, a.extra, a.registered_at, a.last_updated, f.sha256, f.length, "
+        "f.file_name, f.created AS file_created"
+    ),
+    filters={
+        "appInfo.packageName": FilterSpec("a.package_name"),
+        "appInfo.versionCode": FilterSpec("a.version_code", "int"),
+        "name": FilterSpec("a.name"),
+        "enable": FilterSpec("a.enable", "bool"),
+        "fileUuid": FilterSpec("a.file_uuid"),
+    },
+    sortable={
+        "registeredAt": "a.registered_at",
+        "lastUpdated": "a.last_updated",
+        "name": "a.name",
+        "appInfo.packageName": "a.package_name",
+        "appInfo.versionCode": "a.version_code",
+    },
 )
-OTA_COLUMNS = (
-    "o.file_uuid, o.site_uuid, o.name, o.enable, o.user_uuid, o.ota_info, o.extra, "
-    "o.registered_at, o.last_updated, f.sha256, f.length, f.file_name, f.created AS file_created"
+OTAS = Listing(
+    table="otas o JOIN files f ON f.uuid = o.file_uuid",
+    alias="o",
+    columns=(
+        "o.file_uuid, o.site_uuid, o.name, o.enable, o.user_uuid, o.ota_info, o.extra, "
+        "o.registered_at, o.last_updated, f.sha256, f.length, f.file_name, "
+        "f.created AS file_created"
+    ),
+    filters={
+        "otaInfo.deviceId": FilterSpec("o.device_id"),
+        "otaInfo.type": FilterSpec("o.type"),
+        "otaInfo.postBuild": FilterSpec("o.post_build"),
+        "name": FilterSpec("o.name"),
+        "enable": FilterSpec("o.enable", "bool"),
+        "fileUuid": FilterSpec("o.file_uuid"),
+    },
+    sortable={
+        "registeredAt": "o.registered_at",
+        "lastUpdated": "o.last_updated",
+        "name": "o.name",
+        "otaInfo.postBuild": "o.post_build",
+    },
 )
-APP_FILTERS = {
-    "appInfo.packageName": FilterSpec("a.package_name"),
-    "appInfo.versionCode": FilterSpec("a.version_code", "int"),
-    "name": FilterSpec("a.name"),
-    "enable": FilterSpec("a.enable", "bool"),
-    "fileUuid": FilterSpec("a.file_uuid"),
-}
-APP_SORTABLE = {
-    "registeredAt": "a.registered_at",
-    "lastUpdated": "a.last_updated",
-    "name": "a.name",
-    "appInfo.packageName": "a.package_name",
-    "appInfo.versionCode": "a.version_code",
-}
-OTA_FILTERS = {
-    "otaInfo.deviceId": FilterSpec("o.device_id"),
-    "otaInfo.type": FilterSpec("o.type"),
-    "otaInfo.postBuild": FilterSpec("o.post_build"),
-    "name": FilterSpec("o.name"),
-    "enable": FilterSpec("o.enable", "bool"),
-    "fileUuid": FilterSpec("o.file_uuid"),
-}
-OTA_SORTABLE = {
-    "registeredAt": "o.registered_at",
-    "lastUpdated": "o.last_updated",
-    "name": "o.name",
-    "otaInfo.postBuild": "o.post_build",
-}
-_APPS_TABLE = "apps a JOIN files f ON f.uuid = a.file_uuid"
-_OTAS_TABLE = "otas o JOIN files f ON f.uuid = o.file_uuid"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,10 +123,24 @@ def get_file(conn: sqlite3.Connection, site_uuid: str, file_uuid: str) -> Stored
     )
 
 
-def app_by_sha(conn: sqlite3.Connection, site_uuid: str, sha256: str) -> sqlite3.Row | None:
+def by_sha(
+    conn: sqlite3.Connection, listing: Listing, site_uuid: str, sha256: str
+) -> sqlite3.Row | None:
     row: sqlite3.Row | None = conn.execute(
-        f"SELECT {APP_COLUMNS} FROM {_APPS_TABLE} WHERE a.site_uuid = ? AND f.sha256 = ?",
+        f"SELECT {listing.columns} FROM {listing.table} "
+        f"WHERE {listing.alias}.site_uuid = ? AND f.sha256 = ?",
         (site_uuid, sha256),
+    ).fetchone()
+    return row
+
+
+def by_uuid(
+    conn: sqlite3.Connection, listing: Listing, site_uuid: str, file_uuid: str
+) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {listing.columns} FROM {listing.table} "
+        f"WHERE {listing.alias}.site_uuid = ? AND {listing.alias}.file_uuid = ?",
+        (site_uuid, file_uuid),
     ).fetchone()
     return row
 
@@ -114,17 +149,9 @@ def app_by_version(
     conn: sqlite3.Connection, site_uuid: str, package: str, version_code: int
 ) -> sqlite3.Row | None:
     row: sqlite3.Row | None = conn.execute(
-        f"SELECT {APP_COLUMNS} FROM {_APPS_TABLE} WHERE a.site_uuid = ? AND a.package_name = ? "
+        f"SELECT {APPS.columns} FROM {APPS.table} WHERE a.site_uuid = ? AND a.package_name = ? "
         "AND a.version_code = ?",
         (site_uuid, package, version_code),
-    ).fetchone()
-    return row
-
-
-def app_by_uuid(conn: sqlite3.Connection, site_uuid: str, file_uuid: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(
-        f"SELECT {APP_COLUMNS} FROM {_APPS_TABLE} WHERE a.site_uuid = ? AND a.file_uuid = ?",
-        (site_uuid, file_uuid),
     ).fetchone()
     return row
 
@@ -159,49 +186,6 @@ def insert_app(
     )
 
 
-@reads
-def all_apps(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
-    return conn.execute(
-        f"SELECT {APP_COLUMNS} FROM {_APPS_TABLE} WHERE a.site_uuid = ? "
-        "ORDER BY a.registered_at, a.rowid",
-        (site_uuid,),
-    ).fetchall()
-
-
-@reads
-def find_apps(
-    conn: sqlite3.Connection, site_uuid: str, request: PageRequest
-) -> tuple[list[sqlite3.Row], int]:
-    return fetch_page(
-        conn,
-        table=_APPS_TABLE,
-        columns=APP_COLUMNS,
-        site_uuid=site_uuid,
-        request=request,
-        filters=APP_FILTERS,
-        sortable=APP_SORTABLE,
-        default_sort="a.registered_at",
-        site_column="a.site_uuid",
-        rowid="a.rowid",
-    )
-
-
-def ota_by_sha(conn: sqlite3.Connection, site_uuid: str, sha256: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(
-        f"SELECT {OTA_COLUMNS} FROM {_OTAS_TABLE} WHERE o.site_uuid = ? AND f.sha256 = ?",
-        (site_uuid, sha256),
-    ).fetchone()
-    return row
-
-
-def ota_by_uuid(conn: sqlite3.Connection, site_uuid: str, file_uuid: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(
-        f"SELECT {OTA_COLUMNS} FROM {_OTAS_TABLE} WHERE o.site_uuid = ? AND o.file_uuid = ?",
-        (site_uuid, file_uuid),
-    ).fetchone()
-    return row
-
-
 def insert_ota(
     conn: sqlite3.Connection,
     site_uuid: str,
@@ -234,29 +218,31 @@ def insert_ota(
 
 
 @reads
-def all_otas(conn: sqlite3.Connection, site_uuid: str) -> list[sqlite3.Row]:
+def all_rows(conn: sqlite3.Connection, listing: Listing, site_uuid: str) -> list[sqlite3.Row]:
+    """Every object of the site, oldest first."""
     return conn.execute(
-        f"SELECT {OTA_COLUMNS} FROM {_OTAS_TABLE} WHERE o.site_uuid = ? "
-        "ORDER BY o.registered_at, o.rowid",
+        f"SELECT {listing.columns} FROM {listing.table} WHERE {listing.alias}.site_uuid = ? "
+        f"ORDER BY {listing.alias}.registered_at, {listing.alias}.rowid",
         (site_uuid,),
     ).fetchall()
 
 
 @reads
-def find_otas(
-    conn: sqlite3.Connection, site_uuid: str, request: PageRequest
+def find_rows(
+    conn: sqlite3.Connection, listing: Listing, site_uuid: str, request: PageRequest
 ) -> tuple[list[sqlite3.Row], int]:
+    """One page of the site's objects, filtered and sorted by `listing`'s keys."""
     return fetch_page(
         conn,
-        table=_OTAS_TABLE,
-        columns=OTA_COLUMNS,
+        table=listing.table,
+        columns=listing.columns,
         site_uuid=site_uuid,
         request=request,
-        filters=OTA_FILTERS,
-        sortable=OTA_SORTABLE,
-        default_sort="o.registered_at",
-        site_column="o.site_uuid",
-        rowid="o.rowid",
+        filters=listing.filters,
+        sortable=listing.sortable,
+        default_sort=f"{listing.alias}.registered_at",
+        site_column=f"{listing.alias}.site_uuid",
+        rowid=f"{listing.alias}.rowid",
     )
 
 
@@ -285,7 +271,7 @@ def add_app(
 ) -> sqlite3.Row:
     """The app of these bytes, stored unless the site has them; `place_blob` moves the bytes
     into place (in this transaction's thread, before the rows are written)."""
-    same = app_by_sha(conn, new.site_uuid, new.sha256)
+    same = by_sha(conn, APPS, new.site_uuid, new.sha256)
     if same is not None:
         return same
     package, version = new.info["packageName"], new.info["versionCode"]
@@ -295,17 +281,17 @@ def add_app(
             f"file: {package} versionCode {version} exists already with other content "
             f"(fileUuid {clash['file_uuid']}); raise versionCode"
         )
-    return _store_new(conn, new, place_blob, APK_TYPE, insert_app, app_by_uuid)
+    return _store_new(conn, new, place_blob, APK_TYPE, insert_app, APPS)
 
 
 @writes
 def add_ota(
     conn: sqlite3.Connection, new: NewUpload, place_blob: Callable[[], object]
 ) -> sqlite3.Row:
-    same = ota_by_sha(conn, new.site_uuid, new.sha256)
+    same = by_sha(conn, OTAS, new.site_uuid, new.sha256)
     if same is not None:
         return same
-    return _store_new(conn, new, place_blob, OTA_TYPE, insert_ota, ota_by_uuid)
+    return _store_new(conn, new, place_blob, OTA_TYPE, insert_ota, OTAS)
 
 
 def _store_new(
@@ -314,7 +300,7 @@ def _store_new(
     place_blob: Callable[[], object],
     content_type: str,
     insert: Callable[..., None],
-    load: Callable[[sqlite3.Connection, str, str], sqlite3.Row | None],
+    listing: Listing,
 ) -> sqlite3.Row:
     """Blob into place, then the file row and the app/image row, then read it back."""
     place_blob()
@@ -336,7 +322,7 @@ def _store_new(
         user_uuid=new.user_uuid,
         now=new.now,
     )
-    row = load(conn, new.site_uuid, stored.uuid)
+    row = by_uuid(conn, listing, new.site_uuid, stored.uuid)
     assert row is not None
     return row
 
@@ -346,7 +332,7 @@ def enabled_otas(
     conn: sqlite3.Connection, site_uuid: str, file_uuids: Sequence[str]
 ) -> list[sqlite3.Row]:
     """The enabled images of the site among `file_uuids`, in that order."""
-    rows = (ota_by_uuid(conn, site_uuid, u) for u in file_uuids)
+    rows = (by_uuid(conn, OTAS, site_uuid, u) for u in file_uuids)
     return [r for r in rows if r is not None and r["enable"]]
 
 
