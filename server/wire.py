@@ -159,9 +159,10 @@ def _file_info(row: Any) -> dict[str, Any]:
     }
 
 
-def render_app(row: Any) -> dict[str, Any]:
+def _catalog_object(row: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """The fields an App and an Ota share (§4), after their own `appInfo`/`otaInfo`."""
     return {
-        "appInfo": json.loads(row["app_info"]),
+        **info,
         "fileUuid": row["file_uuid"],
         "fileInfo": _file_info(row),
         "userUuid": row["user_uuid"],
@@ -171,20 +172,14 @@ def render_app(row: Any) -> dict[str, Any]:
         "lastUpdated": iso(row["last_updated"]),
         "registeredAt": iso(row["registered_at"]),
     }
+
+
+def render_app(row: Any) -> dict[str, Any]:
+    return _catalog_object(row, {"appInfo": json.loads(row["app_info"])})
 
 
 def render_ota(row: Any) -> dict[str, Any]:
-    return {
-        "otaInfo": json.loads(row["ota_info"]),
-        "fileUuid": row["file_uuid"],
-        "fileInfo": _file_info(row),
-        "userUuid": row["user_uuid"],
-        "extra": json.loads(row["extra"]),
-        "name": row["name"],
-        "enable": bool(row["enable"]),
-        "lastUpdated": iso(row["last_updated"]),
-        "registeredAt": iso(row["registered_at"]),
-    }
+    return _catalog_object(row, {"otaInfo": json.loads(row["ota_info"])})
 
 
 def render_profile(row: Any) -> dict[str, Any]:

@@ -123,26 +123,27 @@ def get_file(conn: sqlite3.Connection, site_uuid: str, file_uuid: str) -> Stored
     )
 
 
-def by_sha(
-    conn: sqlite3.Connection, listing: Listing, site_uuid: str, sha256: str
+def _one(
+    conn: sqlite3.Connection, listing: Listing, site_uuid: str, where: str, value: str
 ) -> sqlite3.Row | None:
     row: sqlite3.Row | None = conn.execute(
         f"SELECT {listing.columns} FROM {listing.table} "
-        f"WHERE {listing.alias}.site_uuid = ? AND f.sha256 = ?",
-        (site_uuid, sha256),
+        f"WHERE {listing.alias}.site_uuid = ? AND {where} = ?",
+        (site_uuid, value),
     ).fetchone()
     return row
+
+
+def by_sha(
+    conn: sqlite3.Connection, listing: Listing, site_uuid: str, sha256: str
+) -> sqlite3.Row | None:
+    return _one(conn, listing, site_uuid, "f.sha256", sha256)
 
 
 def by_uuid(
     conn: sqlite3.Connection, listing: Listing, site_uuid: str, file_uuid: str
 ) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(
-        f"SELECT {listing.columns} FROM {listing.table} "
-        f"WHERE {listing.alias}.site_uuid = ? AND {listing.alias}.file_uuid = ?",
-        (site_uuid, file_uuid),
-    ).fetchone()
-    return row
+    return _one(conn, listing, site_uuid, f"{listing.alias}.file_uuid", file_uuid)
 
 
 def app_by_version(
