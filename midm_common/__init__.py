@@ -5,5 +5,6 @@ logging set-up. It imports neither side (tests/test_imports.py holds the rules).
 - `ota`: OTA package metadata (`META-INF/com/android/metadata`);
 - `zipguard`: zip entries read within limits (entry count, inflated size, ratio): no bombs;
 - `errors`: FormatError and its subclasses, raised by the readers;
-- `logsetup`: structlog configured once, by each CLI.
+- `logsetup`: structlog configured once, by each CLI;
+- `cliargs`: the option types of the command lines (integers, ports), each error one line.
 """

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import structlog
 
+from midm_common import cliargs
 from midm_common.logsetup import LEVELS, configure_logging
 from server import BUILD
 from server.app import create_app
@@ -61,28 +62,8 @@ from server.store.db import Database
 log = structlog.get_logger("server")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from exc
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535; 0 picks one)")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliargs.OneLineParser(
         prog="midm-server",
         description="Reference MiDM backend (aiohttp + embedded SQLite).",
     )
@@ -101,37 +82,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--port",
-        type=_port,
+        type=cliargs.port,
         default=DEFAULT_PORT,
         help=f"port to listen on, 0 for any free one (default {DEFAULT_PORT})",
     )
     parser.add_argument(
         "--max-json-bytes",
-        type=_positive,
+        type=cliargs.positive_int,
         default=DEFAULT_MAX_JSON_BYTES,
         help="largest JSON request body accepted (413 above)",
     )
     parser.add_argument(
         "--max-upload-bytes",
-        type=_positive,
+        type=cliargs.positive_int,
         default=DEFAULT_MAX_UPLOAD_BYTES,
         help="largest APK/OTA upload accepted (413 above, checked while streaming)",
     )
     parser.add_argument(
         "--token-ttl",
-        type=_positive,
+        type=cliargs.positive_int,
         default=DEFAULT_TOKEN_TTL_S,
         help="lifetime of admin access tokens in seconds",
     )
     parser.add_argument(
         "--checkin-interval",
-        type=_positive,
+        type=cliargs.positive_int,
         default=DEFAULT_CHECKIN_INTERVAL_S,
         help="seconds between check-ins that the server asks of awake devices",
     )
     parser.add_argument(
         "--max-connections",
-        type=_positive,
+        type=cliargs.positive_int,
         default=MAX_CONNECTIONS,
         help="open connections at most, push channels included; more are closed at once "
         f"(default {MAX_CONNECTIONS}, and below the open-files limit)",
@@ -145,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "client for login limits; without it the TCP peer is the client",
     )
     parser.add_argument("--log-level", choices=LEVELS, default="info")
-    commands = parser.add_subparsers(dest="command", metavar="{site}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="{site}", parser_class=cliargs.OneLineParser
+    )
     site = commands.add_parser("site", help="add or list sites of a database")
     site_commands = site.add_subparsers(dest="site_command", required=True, metavar="{add,list}")
     add = site_commands.add_parser("add", help="add a site with an admin account and an API key")

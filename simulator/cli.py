@@ -34,10 +34,11 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import structlog
 
+from midm_common.cliargs import OneLineParser, integer, port, positive_float, positive_int
 from simulator import __version__
 from simulator.errors import SettingsError, SimulatorError
 from simulator.plan.shards import Shard, ShardError, parse_shard
@@ -49,38 +50,6 @@ INTERRUPTED = 130
 QUICKSTART = "quickstart.toml"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line (exit 2), without the usage."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-        raise SystemExit(2)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
-
-
-def _port(text: str) -> int:
-    value = _int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535; 0: a free one)")
-    return value
-
-
 def _shard(text: str) -> Shard:
     try:
         return parse_shard(text)
@@ -88,18 +57,8 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="midm-sim", description="MiDM fleet simulator.")
+    parser = OneLineParser(prog="midm-sim", description="MiDM fleet simulator.")
     parser.add_argument("--version", action="version", version=f"midm-sim {__version__}")
     parser.add_argument(
         "--log-level",
@@ -108,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the log on stderr (default: error; the agents' info lines are many)",
     )
     commands = parser.add_subparsers(
-        dest="command", metavar="{" + ",".join(COMMANDS) + "}", parser_class=_Parser
+        dest="command", metavar="{" + ",".join(COMMANDS) + "}", parser_class=OneLineParser
     )
     run = commands.add_parser("run", help="run a scenario against a MiDM backend")
     run.add_argument("scenario", nargs="?", type=Path, help="scenario file (default: quickstart)")
@@ -119,10 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--allow-remote", action="store_true", help="allow a --target that is not loopback"
     )
-    run.add_argument("--devices", type=_positive_int, help="fleet size (scales every kind)")
-    run.add_argument("--duration", type=_positive_float, help="scenario seconds to run")
-    run.add_argument("--seed", type=_int, help="the plan's seed (default: the scenario's)")
-    run.add_argument("--time-scale", type=_positive_float, help="run schedules X times faster")
+    run.add_argument("--devices", type=positive_int, help="fleet size (scales every kind)")
+    run.add_argument("--duration", type=positive_float, help="scenario seconds to run")
+    run.add_argument("--seed", type=integer, help="the plan's seed (default: the scenario's)")
+    run.add_argument("--time-scale", type=positive_float, help="run schedules X times faster")
     run.add_argument("--report", type=Path, help="report folder (default ./sim-report/<time>)")
     run.add_argument("--no-progress", action="store_true", help="plain lines, no live display")
     run.add_argument(
@@ -132,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the agents' HTTP client: aiohttp (default) or the lean pool (httptools)",
     )
     run.add_argument(
-        "--workers", type=_positive_int, help="run W processes here, each a shard; merge them"
+        "--workers",
+        type=positive_int,
+        help="run W processes here, each a shard; merge them",
     )
     run.add_argument(
         "--shard", type=_shard, help="I/N: run shard I of N (0-based); writes <--report>/shard-I"
@@ -145,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="the id every shard of one run shares (or MIDM_SIM_RUN_ID)")
     run.add_argument(
         "--metrics-port",
-        type=_port,
+        type=port,
         metavar="P",
         help="serve live figures for Prometheus on port P (0: a free one; worker i: P+i)",
     )
@@ -154,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate = commands.add_parser("validate", help="check a scenario and print its plan")
     validate.add_argument("scenario", type=Path)
-    validate.add_argument("--devices", type=_positive_int)
-    validate.add_argument("--duration", type=_positive_float)
-    validate.add_argument("--seed", type=_int)
-    validate.add_argument("--time-scale", type=_positive_float)
+    validate.add_argument("--devices", type=positive_int)
+    validate.add_argument("--duration", type=positive_float)
+    validate.add_argument("--seed", type=integer)
+    validate.add_argument("--time-scale", type=positive_float)
     merge = commands.add_parser("merge", help="merge the reports of a run's shards")
     merge.add_argument("reports", nargs="+", type=Path)
     merge.add_argument("--report", type=Path, required=True)

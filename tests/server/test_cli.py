@@ -228,7 +228,7 @@ async def test_bad_settings_fail_with_one_line(tmp_path: Path) -> None:
     cases = [
         (["--db", str(tmp_path), "--port", "0"], "is a folder"),
         (["--db", str(corrupt), "--port", "0"], "not a usable SQLite database"),
-        (["--db", str(tmp_path / "x.sqlite"), "--port", "70000"], "not a port number"),
+        (["--db", str(tmp_path / "x.sqlite"), "--port", "70000"], "70000 is not a port"),
     ]
     for args, needle in cases:
         result = run_cli(*args)
