@@ -20,6 +20,7 @@ from server.app import create_app
 from server.bootstrap import NewSite, create_site
 from server.clock import Clock, FixedClock
 from server.config import SeedSite, ServerConfig
+from server.listener import ConnectionLimits, Listener, bind, url_of
 from server.store.db import Database
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -129,6 +130,9 @@ class Site:
 
 @dataclass
 class Server:
+    """The app served as `midm-server` serves it: through server.listener (connection guard,
+    aiohttp's own 400s as the envelope), on the test's event loop."""
+
     config: ServerConfig
     clock: Clock
     base: str = ""
@@ -137,22 +141,23 @@ class Server:
     sites: dict[str, Site] = field(default_factory=dict)
     parser_pool: Executor | None = None  # shared by the test session; None: the app's own
     app: web.Application | None = None
+    limits: ConnectionLimits | None = None  # None: the config's, as midm-server's
+    listener: Listener | None = None
 
     async def start(self) -> None:
         app = self.app = create_app(self.config, clock=self.clock, parser_pool=self.parser_pool)
         if self.customize is not None:
             self.customize(app)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", self.config.port)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        self.base = f"http://127.0.0.1:{port}"
+        sockets = bind("127.0.0.1", self.config.port)
+        limits = self.limits or ConnectionLimits.of(self.config)
+        self.listener = await Listener.start(app, sockets, limits)
+        self.runner = self.listener.runner
+        self.base = url_of("127.0.0.1", sockets)
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = self.runner = None
 
     async def restart(self) -> None:
         await self.stop()

@@ -27,7 +27,6 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from server.app import create_app
 from server.clock import FixedClock
 from server.config import ServerConfig
 from server.context import SERVICES, Services
@@ -36,10 +35,7 @@ from server.listener import (
     ConnectionGuard,
     ConnectionLimits,
     GuardedHandler,
-    Listener,
-    bind,
     open_files_cap,
-    url_of,
 )
 from server.services.hub import REPLACED
 from tests.helpers import ENVELOPE_KEYS, Client, Server, seed_sites
@@ -53,26 +49,13 @@ MARK = b"XYZZY"  # put in hostile input; must never come back in an answer
 
 @dataclass
 class GuardedServer(Server):
-    """tests.helpers.Server, served through server.listener as `midm-server` serves."""
+    """tests.helpers.Server with small connection limits, its port and its guard at hand."""
 
-    limits: ConnectionLimits = field(
+    limits: ConnectionLimits | None = field(
         default_factory=lambda: ConnectionLimits(
             max_connections=100, header_timeout_s=30.0, keepalive_s=75.0
         )
     )
-    listener: Listener | None = None
-
-    async def start(self) -> None:
-        app = self.app = create_app(self.config, clock=self.clock, parser_pool=self.parser_pool)
-        sockets = bind("127.0.0.1", 0)
-        self.listener = await Listener.start(app, sockets, self.limits)
-        self.runner = self.listener.runner
-        self.base = url_of("127.0.0.1", sockets)
-
-    async def stop(self) -> None:
-        if self.listener is not None:
-            await self.listener.stop()
-            self.listener = self.runner = None
 
     @property
     def port(self) -> int:
