@@ -22,7 +22,7 @@ from aiohttp import web
 
 from server.auth import Authenticator
 from server.blobs import BlobStore
-from server.bodies import UnreadBodies
+from server.bodies import UnreadBodies, stalled_bodies
 from server.clock import Clock, SystemClock
 from server.config import ServerConfig
 from server.context import SERVICES, Services, services_of
@@ -162,6 +162,7 @@ def add_routes(app: web.Application) -> None:
             web.get(f"{api}/profile/findBy", profiles.find_by),
             web.post(f"{api}/profile/edit", profiles.edit),
             web.get(f"{api}/profile/status", profiles.status),
+            web.post(f"{api}/agent/challenge", agent.challenge),
             web.post(f"{api}/agent/register", agent.register),
             web.post(f"{api}/agent/checkin", agent.checkin),
             web.put(f"{api}/agent/apps", agent.put_apps),
@@ -207,6 +208,7 @@ def create_app(
         middlewares=[
             unread.middleware,
             error_middleware,
+            stalled_bodies,
             auth_middleware,
             validation_middleware,  # server.api: query and path shapes, after credentials
         ],

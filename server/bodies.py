@@ -1,4 +1,15 @@
-"""Request bodies a handler did not read (refused early: 413, 401, 400): answered, then dropped.
+"""Request bodies: a body that stops coming is refused; one a handler did not read is dropped.
+
+Stalled bodies (`stalled_bodies`, a middleware): while a handler runs and its request's body has
+not all arrived, a body that receives no byte for `config.body_idle_s` (BODY_IDLE_S in
+server/limits.py, nginx's client_body_timeout) ends the handler: the answer is 40000 naming the
+wait, the connection is closed, and what the handler had received is dropped as for any refused
+request (an upload's temp file is deleted). A body already whole when the handler starts (a
+check-in, nearly always) costs nothing more. Together with the head timeout of server.listener
+this bounds how long one slow client holds a request: a connection that trickles a byte now and
+then is still bounded by the connection cap, not by this.
+
+Unread bodies (`UnreadBodies`), refused early: 413, 401, 400: answered, then dropped.
 
 Left alone, aiohttp "lingers" after the handler, reading the rest for up to 10 s where neither
 the client going away nor a shutdown can end it, so stopping the server waited for it. Instead
@@ -15,9 +26,48 @@ import asyncio
 
 from aiohttp import web
 
+from server.context import services_of
+from server.errors import MalformedRequest
 from server.handlers.request import Handler
 
 LINGER_S = 10.0
+
+
+@web.middleware
+async def stalled_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    body = request.content
+    if not request.body_exists or body.is_eof():
+        return await handler(request)
+    idle = services_of(request).config.body_idle_s
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    seen = body.total_bytes
+    stalled = False
+    timers: list[asyncio.TimerHandle] = []
+
+    def check() -> None:
+        nonlocal seen, stalled
+        if body.is_eof():
+            return
+        if body.total_bytes == seen:
+            stalled = True
+            task.cancel()
+            return
+        seen = body.total_bytes
+        timers[0] = loop.call_later(idle, check)
+
+    timers.append(loop.call_later(idle, check))
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        if stalled and task.uncancel() == 0:
+            raise MalformedRequest(
+                f"body: no byte of it arrived for {idle:g} s; a request body must keep coming"
+            ) from None
+        raise
+    finally:
+        timers[0].cancel()
 
 
 class UnreadBodies:

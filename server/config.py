@@ -15,7 +15,7 @@ from pathlib import Path
 import platformdirs
 
 from server.domain.ratelimit import Network
-from server.limits import HEADER_TIMEOUT_S, KEEPALIVE_S, MAX_CONNECTIONS
+from server.limits import BODY_IDLE_S, HEADER_TIMEOUT_S, KEEPALIVE_S, MAX_CONNECTIONS
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
@@ -69,6 +69,7 @@ class ServerConfig:
     max_connections: int = MAX_CONNECTIONS  # also held FD_RESERVE below the open-files limit
     header_timeout_s: float = HEADER_TIMEOUT_S
     keepalive_s: float = KEEPALIVE_S
+    body_idle_s: float = BODY_IDLE_S  # server.bodies: a body with no byte for this long is refused
     seed: SeedSite = SeedSite()
 
     @classmethod

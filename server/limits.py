@@ -47,6 +47,7 @@ LOGIN_HASH_QUEUE = 8  # logins hashing or waiting at once (~0.4 s); more: 503 + 
 MAX_CONNECTIONS = 25_000  # open connections, push channels too (10,000 simulated devices hold ~2)
 FD_RESERVE = 256  # descriptors kept below the open-files limit (the cap's other bound): db, files
 HEADER_TIMEOUT_S = 15.0  # from opening, or a request's first byte after idling, to its whole head
+BODY_IDLE_S = 60.0  # a request body with no byte this long is refused (nginx client_body_timeout)
 KEEPALIVE_S = 75.0  # idle keep-alive connections closed after this (nginx's; clients pool 15-30 s)
 MAX_REQUEST_LINE = 8190  # bytes of a request line (aiohttp's default); longer: 400 envelope
 MAX_HEADER_FIELD = 8190  # bytes of one header line; longer: 400 envelope

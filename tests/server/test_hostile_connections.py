@@ -76,8 +76,8 @@ async def guarded_factory(
 ) -> AsyncIterator[StartGuarded]:
     started: list[GuardedServer] = []
 
-    async def start(**limits: Any) -> GuardedServer:
-        config = make_config()
+    async def start(*, body_idle_s: float | None = None, **limits: Any) -> GuardedServer:
+        config = make_config() if body_idle_s is None else make_config(body_idle_s=body_idle_s)
         options = {"max_connections": 100, "header_timeout_s": 30.0, "keepalive_s": 75.0}
         server = GuardedServer(
             config=config,
@@ -300,6 +300,51 @@ async def test_half_sent_heads_are_closed_after_the_header_timeout(
         assert await read_to_eof(reader) == b""  # closed without an answer
         writer.close()
     assert server.guard.statistics().head_timeouts == 3
+
+
+async def test_a_body_that_stops_coming_is_refused_and_nothing_is_written(
+    guarded_factory: StartGuarded,
+) -> None:
+    """A device/save whose body stops half-way, and an upload whose file stops half-way, are
+    answered 40000 naming the wait once no byte came for body_idle_s, and closed; no device is
+    saved, no file is kept; meanwhile another request is answered."""
+    server = await guarded_factory(body_idle_s=0.2)
+    alpha = server.sites["alpha"]
+    async with aiohttp.ClientSession() as http:
+        admin = Client(http, server.base, alpha.key)
+        await admin.login(alpha.email, alpha.password)
+    auth = f"X-API-Key: {alpha.key}\r\nAuthorization: Bearer {admin.token}\r\n".encode()
+    body = json.dumps([{"hardware_info": {"serial_no": "STALL-1"}}]).encode()
+    save = await connect(server)
+    save[1].write(
+        b"POST /ota/api/device/save HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        + auth
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[: len(body) // 2]
+    )
+    form = (
+        b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.apk\"\r\n"
+        b"Content-Type: application/octet-stream\r\n\r\n" + b"PK" * 5000
+    )
+    upload = await connect(server)
+    upload[1].write(
+        b"POST /ota/api/app/upload HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        + auth
+        + f"Content-Length: {len(form) + 1000}\r\n\r\n".encode()
+        + form
+    )
+    normal, _ = await exchange(
+        server, b"GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert (normal.status, normal.envelope["code"]) == (404, 40400)
+    for reader, writer in (save, upload):
+        reply = parse_reply(await read_to_eof(reader))
+        writer.close()
+        assert (reply.status, reply.envelope["code"]) == (400, 40000)
+        assert "no byte of it arrived for 0.2 s" in reply.envelope["message"]
+    assert server.sql("SELECT serial_no FROM devices") == []
+    assert server.files_on_disk() == []
 
 
 @pytest.mark.parametrize(
