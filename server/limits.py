@@ -24,6 +24,16 @@ MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last time ISO
 # --- Device identity (server.domain.devices.parse_serial) --------------------------------------
 MAX_SERIAL = 128  # characters of a serial number, in device/save, register and scope.device
 
+# --- Device keys (server.domain.device_keys: agent/challenge, agent/register) ------------------
+CHALLENGE_TTL_S = 60  # a challenge's life (§7): a device signs in milliseconds; 60 s covers a
+# slow link and a loaded server, and is all a relayed challenge is good for. Challenges are
+# stateless (a MAC under a server secret): issuing one keeps nothing, so no count to bound; a
+# used one is kept this long (rows: the registers with a proof of the last 60 s)
+MAX_PUBLIC_KEY_CHARS = 2048  # publicKey PEM: Ed25519 is 113 characters, P-256 178; room for
+# CRLF line ends, and for an RSA key to be read and refused by name rather than by length
+MAX_SIGNATURE_CHARS = 128  # base64 signature: 88 for Ed25519, at most 96 for DER ECDSA P-256
+MAX_CHALLENGE_CHARS = 128  # a challenge as issued is 55 characters
+
 # --- Batches and lists (server.domain.devices, device_reports, profiles, paging) -------------
 MAX_DEVICE_BATCH = 1000  # devices in one device/save body (one transaction)
 MAX_APPS = 5000  # apps in one inventory (PUT agent/apps); a phone has a few hundred

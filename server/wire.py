@@ -147,6 +147,7 @@ def render_device(row: Any, group: dict[str, Any] | None, now: int) -> dict[str,
         "deviceGroup": group,
         "licenseModelUuid": row["license_model_uuid"],
         "autoRenew": None if row["auto_renew"] is None else bool(row["auto_renew"]),
+        "keyFingerprint": row["key_fingerprint"],  # §7: hex SHA-256 of the bound key, or null
     }
 
 

@@ -32,11 +32,14 @@ from server.domain.profiles import (
 )
 from server.limits import (
     MAX_APPS,
+    MAX_CHALLENGE_CHARS,
     MAX_DEVICE_BATCH,
     MAX_EVENTS,
     MAX_FREE_STRING,
+    MAX_PUBLIC_KEY_CHARS,
     MAX_REFERENCES,
     MAX_SERIAL,
+    MAX_SIGNATURE_CHARS,
     MAX_TIME_MS,
     MIN_TIME_MS,
 )
@@ -200,8 +203,21 @@ REGISTER = Obj(
     props={
         "serialNo": Prop(Str(max_len=MAX_SERIAL, non_blank=True), required=True),
         "hardware_info": Obj(props=strings("manufacturer", "brand", "model", max_len=NAME_LEN)),
+        # §7, server.domain.device_keys: what the key and the proof must be beyond their shape
+        "publicKey": Str(
+            max_len=MAX_PUBLIC_KEY_CHARS,
+            description="SubjectPublicKeyInfo PEM, Ed25519 or EC P-256; bound at the first "
+            "register (and the first after an admin re-save)",
+        ),
+        "challenge": Str(max_len=MAX_CHALLENGE_CHARS, description="from agent/challenge"),
+        "signature": Str(
+            max_len=MAX_SIGNATURE_CHARS,
+            description="base64 of the device key's signature over the challenge's UTF-8 bytes",
+        ),
     }
 )
+
+CHALLENGE = Obj(props={"serialNo": Prop(Str(max_len=MAX_SERIAL, non_blank=True), required=True)})
 
 _BUILD_STRINGS = ("fingerprint", "displayId", "deviceId", "productId", "skuId", "customerId")
 

@@ -23,6 +23,7 @@ from server.domain.device_reports import CATEGORIES, EVENT_KINDS, EVENT_STATUSES
 from server.domain.feed import FeedReason
 from server.domain.ota_info import STRING_FIELDS, TYPES
 from server.domain.presence import Presence
+from server.limits import MAX_CHALLENGE_CHARS
 from server.store.profiles import PROGRESS_STATES
 
 
@@ -91,6 +92,9 @@ DEVICE = Named(
             updated=maybe(moment()),
             enabled=Bool(),
             deviceGroup=maybe(DEVICE_GROUP),
+            keyFingerprint=maybe(
+                Str(max_len=64, description="hex SHA-256 of the bound key's DER (§7), or null")
+            ),
         )
     ),
 )
@@ -289,6 +293,13 @@ TOKEN_VERIFY = Obj(
 )
 
 REGISTERED = Obj(props=always(deviceUuid=an_id(), token=text()))
+
+CHALLENGE = Obj(
+    props=always(
+        challenge=Str(max_len=MAX_CHALLENGE_CHARS, description="sign its UTF-8 bytes"),
+        expiresIn=Int(minimum=1, description="seconds it stays good for; single use"),
+    )
+)
 
 CHECKIN_ANSWER = Obj(
     props=always(

@@ -3,6 +3,14 @@
 Decisions [ours]:
 - `register` needs only the API key; the device must exist (40400 otherwise); each register
   issues a new token (random 256-bit, stored as sha256) and revokes the previous one.
+- Device keys (§7; rules in server.domain.device_keys, storage in server.store.keys):
+  `challenge` needs the API key and a saved device (40400 otherwise, as register) and stores
+  nothing. `register` reads the device's key in a read transaction and checks the proof on the
+  loop (a signature check is ~0.1-0.2 ms), so a refused register (40100: no proof for a bound
+  key, expired, replayed, another device's, a signature that does not verify, another key)
+  never reaches the writer and writes nothing: the device's current token stays valid. Failed
+  proofs are not rate limited: one costs less than the request around it, and no number of
+  guesses gets nearer a signature. Key rotation happens only through an admin re-save.
 - `checkin` answers `nextCheckinSeconds` = the server's interval (`--checkin-interval`), or
   1200 s while the device reports `sleeping` (as `activity` or `states.state`).
   `rtcEnabled` is the server's own view (a WebSocket is open), not the device's claim.
@@ -20,13 +28,14 @@ Decisions [ours]:
 from __future__ import annotations
 
 import json
+import secrets
 
 import structlog
 from aiohttp import WSMsgType, web
 
 from server.auth import hash_secret, new_secret
 from server.context import services_of
-from server.domain import feed
+from server.domain import device_keys, feed
 from server.domain.device_reports import parse_checkin, parse_events, parse_inventory
 from server.domain.devices import parse_serial
 from server.domain.inventory import inventory_wanted, stored_hash
@@ -36,10 +45,12 @@ from server.domain.scope import ScopedProfile
 from server.domain.validation import Fields, expect_object, query_required
 from server.errors import NotForDevice, NotFound, Unauthorized
 from server.handlers.request import caller, device, json_body, site_key
+from server.limits import CHALLENGE_TTL_S
 from server.services.checkins import DeviceState
 from server.services.hub import DeviceRef
 from server.store import agent as agent_store
 from server.store import catalog, profiles
+from server.store import keys as keys_store
 from server.wire import iso, ok, render_ota, render_profile
 
 log = structlog.get_logger("server.agent")
@@ -61,6 +72,32 @@ async def _covering(request: web.Request, state: DeviceState) -> list[ScopedProf
     )
 
 
+def _not_saved(serial: str) -> NotFound:
+    return NotFound(
+        f"serialNo: no device {serial!r} in this site; save it first "
+        "(device/exists, then device/save)"
+    )
+
+
+@site_key
+async def challenge(request: web.Request) -> web.Response:
+    services = services_of(request)
+    body = Fields(expect_object(await json_body(request)))
+    serial = parse_serial(body.obj.get("serialNo"), "serialNo")
+    site_uuid = caller(request).site.uuid
+    found = await keys_store.key_state(services.db, site_uuid, serial)
+    if found.record is None:
+        raise _not_saved(serial)
+    now = services.clock.now_ms()
+    secret = found.secret or await keys_store.ensure_secret(
+        services.db, secrets.token_bytes(32), now
+    )
+    issued = device_keys.issue_challenge(
+        secret, site_uuid, serial, secrets.token_bytes(device_keys.NONCE_BYTES), now
+    )
+    return ok({"challenge": issued.text, "expiresIn": CHALLENGE_TTL_S})
+
+
 @site_key
 async def register(request: web.Request) -> web.Response:
     services = services_of(request)
@@ -70,19 +107,53 @@ async def register(request: web.Request) -> web.Response:
     hardware = {
         k: hardware_fields.string(k, max_len=256) for k in ("manufacturer", "brand", "model")
     }
-    token = new_secret()
+    offered = device_keys.parse_public_key(body.obj.get("publicKey"))
+    proof = device_keys.parse_proof(body.obj.get("challenge"), body.obj.get("signature"))
     site_uuid = caller(request).site.uuid
-    device_uuid = await agent_store.set_token(
-        services.db, site_uuid, serial, hash_secret(token), hardware, services.clock.now_ms()
+    found = await keys_store.key_state(services.db, site_uuid, serial)
+    if found.record is None:
+        raise _not_saved(serial)
+    now = services.clock.now_ms()
+    try:
+        outcome = device_keys.check_register(
+            record=found.record,
+            offered=offered,
+            proof=proof,
+            secret=found.secret,
+            site_uuid=site_uuid,
+            serial=serial,
+            now_ms=now,
+        )
+        if outcome.consumed and await keys_store.challenge_used(
+            services.db, outcome.consumed.nonce
+        ):
+            raise device_keys.already_used()  # a replay is refused before it reaches the writer
+    except Unauthorized as refused:
+        log.info("agent.register_refused", serial=serial, reason=refused.message)
+        raise
+    token = new_secret()
+    device_uuid = await keys_store.register(
+        services.db,
+        site_uuid,
+        serial,
+        hash_secret(token),
+        hardware,
+        now,
+        expected_key=found.record.key_der,
+        outcome=outcome,
     )
     if device_uuid is None:
-        raise NotFound(
-            f"serialNo: no device {serial!r} in this site; save it first "
-            "(device/exists, then device/save)"
-        )
+        raise _not_saved(serial)
     services.auth.forget_devices([device_uuid])
     await services.hub.close([device_uuid], "token replaced by a new registration")
-    log.info("agent.registered", device=device_uuid, serial=serial)
+    key = outcome.key
+    log.info(
+        "agent.registered",
+        device=device_uuid,
+        serial=serial,
+        key=None if key is None else key.fingerprint,
+        proved=outcome.consumed is not None,
+    )
     return ok({"deviceUuid": device_uuid, "token": token})
 
 

@@ -3,6 +3,7 @@
 Reset-on-resave [seed]: saving a serial that exists in the site resets `states` to
 {clientVersion 0, rtcEnabled false, state offline}, clears `enrolled` and `lastCheckedIn`,
 revokes the device token and clears its per-profile progress; `created` and `uuid` are kept.
+It also unbinds the device's key (§7, server.store.keys): the next register binds a new one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from server.domain.devices import DeviceInput, DeviceLookup
 from server.domain.paging import PageRequest
 from server.domain.presence import presence_sql
 from server.errors import InvalidField, NotFound
-from server.store import reports
+from server.store import keys, reports
 from server.store.db import reads, writes
 from server.store.groups import get_groups
 from server.store.query import FilterSpec, fetch_page
@@ -26,7 +27,9 @@ INSERT_COLUMNS = (
     "rtc_enabled, state, enrolled, last_checked_in, last_disconnected, license_model_uuid, "
     "auto_renew, created, updated"
 )
-DEVICE_COLUMNS = f"{INSERT_COLUMNS}, sleeping, interval_s, wake_sent, report, inventory_hash"
+DEVICE_COLUMNS = (
+    f"{INSERT_COLUMNS}, sleeping, interval_s, wake_sent, report, inventory_hash, key_fingerprint"
+)
 
 SORTABLE = {
     "created": "created",
@@ -134,6 +137,7 @@ def save_devices(
         )
         conn.execute("DELETE FROM profile_progress WHERE device_uuid = ?", (existing[0],))
         conn.execute("DELETE FROM profile_exclusions WHERE device_uuid = ?", (existing[0],))
+        keys.unbind(conn, existing[0])  # §7: its next register binds a new key
         reset_uuids.append(existing[0])
     return created, reset_uuids
 

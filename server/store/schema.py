@@ -198,6 +198,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (profile_uuid, device_uuid)
     );
     """,
+    # 4: device keys (§7): the bound key (DER SubjectPublicKeyInfo) and its fingerprint, the
+    # challenges registers used (until they expire), the secret challenges are MACed with
+    """
+    ALTER TABLE devices ADD COLUMN public_key BLOB;
+    ALTER TABLE devices ADD COLUMN key_fingerprint TEXT;
+    CREATE TABLE used_challenges (
+        nonce BLOB PRIMARY KEY,
+        device_uuid TEXT NOT NULL,
+        expires INTEGER NOT NULL
+    );
+    CREATE INDEX used_challenges_expires ON used_challenges(expires);
+    CREATE TABLE server_secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL,
+        created INTEGER NOT NULL
+    );
+    """,
 )
 
 
