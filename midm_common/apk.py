@@ -11,6 +11,10 @@ Rules (see ../shared/android-notes.md):
   falls back to the package name.
 - certMd5 is the lowercase hex MD5 of the DER signing certificate, preferring v3, then v2, then
   the v1 signer's certificate; "" for an unsigned APK (callers decide whether that is allowed).
+- `verify_signatures=True` (the server's uploads): every signature scheme present is verified by
+  midm_common.apk_signature (v3, v2, v1; an unsigned APK, or one whose signature does not verify,
+  is ApkError naming the scheme) and certMd5 is the verified signer's. The agent reads installed
+  or already-verified APKs and leaves it off: its inventory reports what androguard reads.
 - versionCode is a decimal or 0x-hex integer of 0 to 2^31-1 (Android's int); anything else,
   a string "9223372036854775808" say, is ApkError naming versionCode.
 
@@ -221,8 +225,29 @@ def _open(apk_class: Any, path: Path, size: int, limits: ZipLimits) -> tuple[Any
     return apk, entries
 
 
-def read_apk_metadata(path: Path, limits: ZipLimits = DEFAULT_LIMITS) -> ApkMetadata:
-    """Parse the APK at `path`; raise ApkError naming the file and the reason."""
+def _verified_cert_md5(
+    path: Path, size: int, target_sdk: str, min_sdk: str, limits: ZipLimits
+) -> str:
+    """certMd5 of the signer that verified; ApkError naming the scheme that did not."""
+    from midm_common.apk_signature import verify_apk
+
+    declared = target_sdk or min_sdk  # Android's targetSdkVersion defaults to minSdkVersion
+    target = int(declared) if declared.isascii() and declared.isdigit() else None
+    try:
+        with path.open("rb") as handle:
+            verified = verify_apk(handle, size, archive=path.name, target_sdk=target, limits=limits)
+    except OSError as exc:
+        raise ApkError(
+            f"{path.name}: cannot read file ({exc.strerror})", reason="unreadable"
+        ) from exc
+    return verified.cert_md5
+
+
+def read_apk_metadata(
+    path: Path, limits: ZipLimits = DEFAULT_LIMITS, *, verify_signatures: bool = False
+) -> ApkMetadata:
+    """Parse the APK at `path`; raise ApkError naming the file and the reason. With
+    `verify_signatures`, its signatures are verified and certMd5 is the verified signer's."""
     apk_class = _load_apk_class()
     try:
         size = path.stat().st_size
@@ -252,6 +277,8 @@ def read_apk_metadata(path: Path, limits: ZipLimits = DEFAULT_LIMITS) -> ApkMeta
     if not package:
         raise ApkError(f"{path.name}: manifest has no package name", reason="bad_manifest")
     version_code = _version_code(raw_code, path.name)
+    if verify_signatures:
+        cert = _verified_cert_md5(path, size, target_sdk, min_sdk, limits)
     label = _label(apk)
     if not label or label.startswith("@"):
         label = package
