@@ -70,7 +70,8 @@ def apk_worker(path: str) -> Parsed:
     from midm_common.errors import FormatError
 
     try:
-        return asdict(read_apk_metadata(Path(path), upload_zip_limits())), ""
+        meta = read_apk_metadata(Path(path), upload_zip_limits(), verify_signatures=True)
+        return asdict(meta), ""
     except FormatError as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - nothing crosses the process boundary but values
