@@ -83,6 +83,13 @@ ZIP_ARSC_BYTES = 32 << 20  # inflated resources.arsc: the largest real apps' are
 ZIP_ENTRY_BYTES = 8 << 20  # any other entry the APK parser reads (v1 signature .RSA/.SF files)
 OTA_METADATA_BYTES = 1 << 20  # inflated META-INF/com/android/metadata: a few hundred bytes real
 
+# --- Uploads: APK signatures (midm_common.apk_signature, apk_v1; shared with every reader) ----
+# Named there, each with its reason, since midm_common imports no server module:
+# MAX_SIGNING_BLOCK_BYTES (16 MiB), MAX_SIGNERS (10, Android's own), MAX_SIGNATURES (16),
+# MAX_CERTIFICATES (16); v1: MAX_MANIFEST_BYTES (32 MiB, MANIFEST.MF and .SF),
+# MAX_SIGNATURE_BLOCK_BYTES (1 MiB), MAX_V1_SIGNERS (10), MAX_INFLATED_BYTES (4 GiB digested in
+# all, ~10 s within PARSE_TIMEOUT_S); the entry count is ZIP_MAX_ENTRIES above.
+
 # --- Uploads: the parser worker (server.services.upload_parsers) ------------------------------
 PARSE_TIMEOUT_S = 60.0  # one upload's parse in the worker (real APKs: under 5 s); over it the
 # worker is killed and the upload is 40001, so a hostile file holds the queue this long at most
