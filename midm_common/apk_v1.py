@@ -203,7 +203,14 @@ class _Zip:
         fields = _LOCAL.unpack(header)
         name = self.f.read(fields[9])
         encoding = "utf-8" if fields[2] & 0x800 else "cp437"
-        if name.decode(encoding, errors="replace") != entry.name or fields[3] != entry.method:
+        declared = (fields[6], fields[7], fields[8])  # crc, compressed, inflated
+        central = (entry.crc, entry.compressed_size, entry.uncompressed_size)
+        sizes_differ = not fields[2] & 0x08 and 0xFFFFFFFF not in declared and declared != central
+        if (
+            name.decode(encoding, errors="replace") != entry.name
+            or fields[3] != entry.method
+            or sizes_differ  # androguard reads by the local sizes: both must name the same bytes
+        ):
             raise V1Error(f"{entry.name}: its local header differs from the central directory")
         return int(entry.local_offset + _LOCAL.size + fields[9] + fields[10])
 

@@ -3,11 +3,13 @@ failure an ApkError naming the scheme; the committed fixtures agree with Debian'
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import struct
 import subprocess
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -346,8 +348,6 @@ def test_memory_stays_bounded(tmp_path: Path) -> None:
 def test_any_flipped_bit_is_refused_or_harmless(at: int, bit: int) -> None:
     """Flip one bit anywhere in a v1+v2+v3 APK: it raises ApkError (nothing else), or it still
     verifies with the same certificate (a bit in an unsigned part, the block's padding)."""
-    import io
-
     content = bytearray((APKS / "basic-v1.apk").read_bytes())
     content[at % len(content)] ^= 1 << bit
     try:
@@ -399,3 +399,15 @@ def _target_sdk(name: str) -> int | None:
     except ApkError:
         return None
     return int(target) if target.isdigit() else None
+
+
+def test_v1_local_header_sizes_must_match_the_central_directory(tmp_path: Path) -> None:
+    """A local header announcing another size than the central directory (androguard reads by
+    the local one, the digest by the central one): refused, naming the entry."""
+    entries = v1_sign(base_entries(), identity("rsa", "v1"))
+    content = bytearray(build_zip(entries, stored=("resources.arsc",)))
+    with zipfile.ZipFile(io.BytesIO(bytes(content))) as archive:
+        at = archive.getinfo("resources.arsc").header_offset
+    struct.pack_into("<L", content, at + 22, 4)  # the inflated size: 4 bytes
+    error = refusal(write(tmp_path, bytes(content)))
+    assert "resources.arsc: its local header differs from the central directory" in str(error)
