@@ -9,17 +9,24 @@ The zip is read with midm_common.zipguard, within `ZipLimits` (the caller's, els
 at most `max_entries` entries, the metadata at most `max_ota_metadata_bytes` inflated and, past
 `ratio_grace`, at most `max_ratio` times its compressed size, whatever its headers declare; its
 CRC and declared size must match what it inflates to. Refusals name the entry and the limit.
+
+The package's whole-file signature (midm_common.ota_signature) is read too, after the metadata,
+and kept in `OtaMetadata.signature`: UNSIGNED, VALID (with the signer's certificate), or INVALID
+with a reason. A bad signature is not raised here: the server refuses it at upload (40001), the
+agent refuses it at install only when it verifies images (`--ota-certs`). Reading it hashes the
+whole file once, in bounded memory.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from midm_common import zipguard
 from midm_common.errors import OtaPackageError
+from midm_common.ota_signature import UNSIGNED, OtaSignature, read_signature
 from midm_common.zipguard import DEFAULT_LIMITS, ZipLimits
 
 METADATA_PATH = "META-INF/com/android/metadata"
@@ -34,6 +41,7 @@ class OtaMetadata:
     post_timestamp: int | None
     downgrade: bool
     raw: dict[str, str] = field(default_factory=dict)
+    signature: OtaSignature = UNSIGNED
 
     @property
     def is_partial(self) -> bool:
@@ -77,19 +85,25 @@ def metadata_from_values(values: dict[str, str]) -> OtaMetadata:
 
 
 def read_ota_metadata(path: Path, limits: ZipLimits = DEFAULT_LIMITS) -> OtaMetadata:
-    """Parse the OTA zip at `path`; raise OtaPackageError naming the file and the reason."""
+    """Parse the OTA zip at `path`; raise OtaPackageError naming the file and the reason. The
+    metadata is checked before the signature is read (which hashes the whole file)."""
     try:
         with path.open("rb") as handle:
-            raw = _metadata_bytes(handle, path.stat().st_size, path.name, limits)
+            size = path.stat().st_size
+            meta = _parse(_metadata_bytes(handle, size, path.name, limits), path.name)
+            return replace(meta, signature=read_signature(handle, size))
     except OSError as exc:
         raise OtaPackageError(
             f"{path.name}: cannot read file ({exc.strerror})", reason="unreadable"
         ) from exc
+
+
+def _parse(raw: bytes, archive: str) -> OtaMetadata:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise OtaPackageError(
-            f"{path.name}: {METADATA_PATH} is not UTF-8", reason="bad_metadata"
+            f"{archive}: {METADATA_PATH} is not UTF-8", reason="bad_metadata"
         ) from exc
     return metadata_from_values(parse_metadata_text(text))
 

@@ -5,6 +5,11 @@ Mapping from META-INF/com/android/metadata: `ota-type` AB -> abUpdate, `pre-devi
 `post-timestamp` -> buildDate. Decisions [ours]: unknown otaInfo keys are 40001 (typos would
 otherwise be silently stored); `type` defaults to `base`; after merging, `deviceId` and
 `postBuild` must be non-empty, since an image without them can never be fed.
+`otaCert` of a signed package is its signer's certificate (PEM), read from its whole-file
+signature by the upload parser; an otaInfo field naming another is 40001 (the form cannot claim
+a signer the package does not have; an empty one leaves the signer's). An unsigned package's
+otaCert is the form's, unverified, as before; agents never trust otaCert: they verify the file
+itself (§4, §8 --ota-certs).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def from_metadata(meta: dict[str, Any]) -> dict[str, Any]:
             "postBuild": meta.get("post_build") or "",
             "buildDate": meta.get("post_timestamp"),
             "sdk": "",
+            "otaCert": meta.get("ota_cert") or "",
         }
     )
     return info
@@ -64,6 +70,14 @@ def merge_form(info: dict[str, Any], raw: str | None) -> dict[str, Any]:
             raise InvalidField("otaInfo: must be a JSON object")
         for key, value in given.items():
             merged[key] = _checked(key, value)
+        signer = info.get("otaCert") or ""
+        if signer:
+            if merged["otaCert"].strip() not in ("", signer.strip()):
+                raise InvalidField(
+                    "otaInfo.otaCert: the package is signed; otaCert is its signer's "
+                    "certificate, read from the signature, and cannot be set to another"
+                )
+            merged["otaCert"] = signer
     if merged["type"] not in TYPES:
         raise InvalidField(f"otaInfo.type: must be base or region, not {merged['type']!r}")
     for key in ("deviceId", "postBuild"):

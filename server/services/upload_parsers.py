@@ -88,12 +88,15 @@ def ota_worker(path: str) -> Parsed:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - nothing crosses the process boundary but values
         return None, f"{Path(path).name}: the OTA parser failed ({exc!r})"
+    if meta.signature.reason:  # a signature block that does not verify (§4): refused
+        return None, f"{Path(path).name}: {meta.signature.reason}"
     return {
         "ab_update": meta.ab_update,
         "pre_devices": list(meta.pre_devices),
         "pre_build": meta.pre_build,
         "post_build": meta.post_build,
         "post_timestamp": meta.post_timestamp,
+        "ota_cert": meta.signature.signer_pem,  # "" unless validly signed
     }, ""
 
 
