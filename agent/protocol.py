@@ -8,9 +8,11 @@ transport sends `encode_body()`'s bytes and reads push messages with `decode_pus
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Final
 
 from agent.errors import API_ERRORS, ApiError, ProtocolError
@@ -28,6 +30,7 @@ AUTHORIZATION = "Authorization"
 LOGIN = "/portal/V1/auth"
 EXISTS = "/ota/api/device/exists"
 SAVE = "/ota/api/device/save"
+CHALLENGE = "/ota/api/agent/challenge"
 REGISTER = "/ota/api/agent/register"
 CHECKIN = "/ota/api/agent/checkin"
 APPS = "/ota/api/agent/apps"
@@ -106,13 +109,35 @@ def save_device(creds: Credentials, hardware: Mapping[str, str]) -> Request:
     )
 
 
-def register(creds: Credentials, serial: str, hardware: Mapping[str, str]) -> Request:
+def challenge(creds: Credentials, serial: str) -> Request:
+    """A challenge for the device's key to sign (§7 device keys; API key only)."""
     return Request(
         method="POST",
-        path=REGISTER,
-        name="register",
+        path=CHALLENGE,
+        name="challenge",
         headers=key_headers(creds),
-        body={"serialNo": serial, "hardware_info": dict(hardware)},
+        body={"serialNo": serial},
+    )
+
+
+def register(
+    creds: Credentials,
+    serial: str,
+    hardware: Mapping[str, str],
+    *,
+    public_key: str | None = None,
+    proof: tuple[str, bytes] | None = None,
+) -> Request:
+    """`public_key`: the device's SubjectPublicKeyInfo PEM; `proof`: (challenge, signature over
+    its UTF-8 bytes), sent as `challenge` and base64 `signature`."""
+    body: dict[str, Any] = {"serialNo": serial, "hardware_info": dict(hardware)}
+    if public_key is not None:
+        body["publicKey"] = public_key
+    if proof is not None:
+        body["challenge"] = proof[0]
+        body["signature"] = base64.b64encode(proof[1]).decode("ascii")
+    return Request(
+        method="POST", path=REGISTER, name="register", headers=key_headers(creds), body=body
     )
 
 
@@ -267,10 +292,20 @@ def parse_checkin_reply(data: Any) -> CheckinReply:
     )
 
 
+class KeyProof(StrEnum):
+    """How a registration used the device's key (agent.core.enrollment)."""
+
+    NONE = "none"  # the agent holds no key
+    OFFERED = "offered"  # publicKey sent without a proof (a key no server could hold yet)
+    SIGNED = "signed"  # publicKey and a signed challenge
+    UNSUPPORTED = "unsupported"  # the server has no agent/challenge (404): no proof sent
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Registration:
     device_uuid: str
     token: str
+    key_proof: KeyProof = KeyProof.NONE  # not on the wire: what the enrollment flow did
 
 
 def parse_registration(data: Any) -> Registration:
@@ -279,6 +314,13 @@ def parse_registration(data: Any) -> Registration:
         device_uuid=_expect(data.get("deviceUuid"), str, "deviceUuid"),
         token=_expect(data.get("token"), str, "token"),
     )
+
+
+def parse_challenge(data: Any) -> str:
+    """The challenge of agent/challenge's answer (its `expiresIn` is the server's business)."""
+    _expect(data, dict, "challenge")
+    text: str = _expect(data.get("challenge"), str, "challenge")
+    return text
 
 
 def parse_login(data: Any) -> str:

@@ -53,6 +53,7 @@ from agent.models import AppRecord, ProfileEvent
 from agent.platforms.base import Platform, gather_facts
 from agent.protocol import CheckinReply, Credentials, Request, Response
 from agent.runtime.artifacts import DOWNLOADS, ArtifactStore, DeviceArtifacts, FileArtifacts
+from agent.runtime.device_key import KeyStore, key_store_for
 from agent.runtime.outbox import ItemKind, Outbox
 from agent.runtime.profiles import ProfileRunner
 from agent.runtime.state import AgentState, StateStore
@@ -105,15 +106,18 @@ class Agent:
         outbox: Outbox,
         rng: RandomSource | None = None,
         artifacts: ArtifactStore | None = None,
+        keys: KeyStore | None = None,
     ) -> None:
         """`artifacts`: the content store a fleet shares (downloads are streamed and hashed,
         each content kept and parsed once); without one, downloads are files in the state
-        dir (a rig)."""
+        dir (a rig). `keys`: where the device key lives (default: beside the state, see
+        agent.runtime.device_key)."""
         self.config = config
         self.platform = platform
         self.transport = transport
         self.clock = clock
         self.state_store = state_store
+        self.keys = keys if keys is not None else key_store_for(state_store)
         self.outbox = outbox
         self.rng: RandomSource = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.state_store.prepare()
@@ -179,8 +183,14 @@ class Agent:
             if self.config.admin_email
             else None
         )
+        held = await self.keys.load_or_create(hardware.serial_no)  # §7 device key
         flow = enrollment(
-            self.creds(), hardware.serial_no, protocol.hardware_to_wire(hardware), admin
+            self.creds(),
+            hardware.serial_no,
+            protocol.hardware_to_wire(hardware),
+            admin,
+            key=held.key,
+            fresh_key=held.fresh,
         )
         sent: list[str] = []
 
@@ -216,7 +226,10 @@ class Agent:
             device=registration.device_uuid,
             serial=hardware.serial_no,
             saved_by_agent=admin is not None,
+            key_proof=str(registration.key_proof),
         )
+        if registration.key_proof is protocol.KeyProof.UNSUPPORTED:
+            log.warning("enroll.no_device_keys", serial=hardware.serial_no, reason="challenge 404")
 
     async def send_as_device(self, request_for: Callable[[Credentials], Request], name: str) -> Any:
         """Send the request `request_for(credentials)` with the device's credentials and return

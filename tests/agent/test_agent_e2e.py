@@ -51,7 +51,8 @@ async def test_enroll_checkin_restart_never_saves_twice(
 async def test_lost_register_answer_does_not_save_again(
     server: Server, admin: Client, clock: FixedClock, tmp_path: Path
 ) -> None:
-    """A crash after save (no token kept) registers again without a save: status is not reset."""
+    """A crash after save (no token kept) registers again without a save: status is not reset
+    (the device key made at the first run is proved with a challenge, §7)."""
     agent, transport = make_agent(server.base, tmp_path / "state")
     await agent.run_once()
     enrolled = (await device(admin))["enrolled"]
@@ -63,7 +64,8 @@ async def test_lost_register_answer_does_not_save_again(
     again, transport2 = make_agent(server.base, tmp_path / "state")
     await again.run_once()
     assert (
-        transport2.names[:3] == ["login", "exists", "register"] and "save" not in transport2.names
+        transport2.names[:4] == ["login", "exists", "challenge", "register"]
+        and "save" not in transport2.names
     )
     assert (await device(admin))["enrolled"] == enrolled
     await transport.close()
@@ -79,7 +81,7 @@ async def test_revoked_token_leads_to_register_not_save(
     await admin.post("/ota/api/device/save", [{"profile": {"hardware_info": {"serial_no": "S1"}}}])
     transport.names.clear()
     await agent.run_once()
-    assert transport.names[:5] == ["checkin", "login", "exists", "register", "checkin"]
+    assert transport.names[:6] == ["checkin", "login", "exists", "challenge", "register", "checkin"]
     assert "save" not in transport.names and agent.state.registrations == 2
     assert (await device(admin))["enrolled"] is not None
     await transport.close()
