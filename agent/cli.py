@@ -1,7 +1,8 @@
 """`midm-agent`: run the on-device agent, or look at it (status, facts, inventory, snapshot).
 
     midm-agent run --server URL --api-key KEY --state-dir DIR --platform linux|android|simulated
-                   [--config agent.toml] [--once] [--admin-email E --admin-password P] ...
+                   [--config agent.toml] [--once] [--admin-email E --admin-password P]
+                   [--ota-certs PATH|device] ...
     midm-agent status | facts | inventory [--json] | snapshot   (the same settings)
 
 Settings: defaults < --config < MIDM_* environment < flags. Errors print one line
@@ -81,6 +82,14 @@ def _settings(parser: argparse.ArgumentParser) -> None:
     add("--ac-online", dest="ac_online", choices=("auto", "yes", "no"), help="linux: AC power")
     add("--adb", help="android: the adb executable, or 'local' to run on the device")
     add("--adb-device", dest="adb_device", help="android: adb -s SERIAL")
+    add(
+        "--ota-certs",
+        dest="ota_certs",
+        metavar="PATH|device",
+        help="install only OTA images signed by one of these certificates: a PEM file or a "
+        "folder of them; 'device' on android: the device's own otacerts (MIDM_OTA_CERTS; "
+        "default: images are not checked)",
+    )
     add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -134,6 +143,7 @@ FLAG_NAMES = (
     "ac_online",
     "adb",
     "adb_device",
+    "ota_certs",
 )
 
 

@@ -1,7 +1,8 @@
 """The agent's settings: one dataclass built once by the CLI; the only reader of os.environ.
 
 Precedence: defaults < `--config agent.toml` < environment (MIDM_*) < command-line flags.
-TOML keys are the field names below (`server`, `api_key`, `state_dir`, `platform`, ...).
+TOML keys are the field names below (`server`, `api_key`, `state_dir`, `platform`, ...,
+`ota_certs`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ ENV = {
     "MIDM_PLATFORM": "platform",
     "MIDM_ADMIN_EMAIL": "admin_email",
     "MIDM_ADMIN_PASSWORD": "admin_password",
+    "MIDM_OTA_CERTS": "ota_certs",
 }
+DEVICE_CERTS = "device"  # --ota-certs device: an Android device's own otacerts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +53,9 @@ class AgentConfig:
     ac_online: str = "auto"
     adb: str = "adb"
     adb_device: str | None = None
+    # images must be signed by one of these (agent.runtime.image_trust): a PEM file, a folder of
+    # them, or `device` (android: the device's own otacerts); "": no check, as before
+    ota_certs: str = ""
 
     def check(self) -> AgentConfig:
         if not self.server:
@@ -62,6 +68,11 @@ class AgentConfig:
             raise ConfigError(f"--platform {self.platform!r}: one of {', '.join(PLATFORMS)}")
         if self.ac_online not in ("auto", "yes", "no"):
             raise ConfigError(f"--ac-online {self.ac_online!r}: one of auto, yes, no")
+        if self.ota_certs == DEVICE_CERTS and self.platform != "android":
+            raise ConfigError(
+                f"--ota-certs {DEVICE_CERTS}: the device's own certificates are read only with "
+                "--platform android; give a PEM file or a folder of them"
+            )
         if bool(self.admin_email) != bool(self.admin_password):
             raise ConfigError("admin credentials need both an email and a password")
         for name in ("checkin_interval_s", "request_timeout_s"):

@@ -155,6 +155,7 @@ class StepReason(StrEnum):
     NOT_FOR_DEVICE = "not_for_device"  # failed: the image's own metadata names other devices
     ROLLBACK = "rollback"  # failed: the device did not come up on the new build
     NOT_BEFORE = "not_before"  # deferred: the feed holds the image back for now
+    BAD_SIGNATURE = "bad_signature"  # failed: the image is not signed by a trusted certificate
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

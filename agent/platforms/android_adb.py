@@ -3,7 +3,9 @@
 Facts come from `getprop`, `dumpsys battery`, `dumpsys power`, `dumpsys connectivity`; the app
 list from `pm list packages -f --show-versioncode -U` (paths split on the last `=`, as Android
 11+ paths contain `==`); installs push the APK then `pm install -r [-g]`. Every command has a
-timeout; a failure is a PlatformError naming the command.
+timeout; a failure is a PlatformError naming the command. `ota_certificates()` (for
+`--ota-certs device`) pulls /system/etc/security/otacerts.zip (read in place on the device) and
+reads every `*.x509.pem` in it, within OTACERTS_MAX_BYTES and OTACERTS_MAX_ENTRIES.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,11 @@ from agent.errors import PlatformError
 from agent.models import ApkArtifact, AppRecord, BuildInfo, HardwareInfo, OtaArtifact, PowerState
 from agent.platforms.base import file_of
 from agent.platforms.facts_file import override_build, override_hardware
+
+OTACERTS = "/system/etc/security/otacerts.zip"
+OTACERTS_MAX_BYTES = 1 << 20  # the zip; a real one holds one or two certificates (a few KiB)
+OTACERTS_MAX_ENTRIES = 64
+OTACERT_MAX_BYTES = 64 * 1024  # one certificate, inflated
 
 _PROP = re.compile(r"^\[(?P<key>[^\]]+)\]: \[(?P<value>.*)\]$")
 _PACKAGE = re.compile(r"^package:(?P<rest>.+?)(?: versionCode:(?P<code>\d+))?(?: uid:\d+)?$")
@@ -109,10 +117,52 @@ def parse_diskstats(text: str) -> dict[str, int]:
     return {p: int(v) for p, v in zip(packages, values, strict=False) if v.isdigit()}
 
 
+def parse_otacerts(data: bytes) -> frozenset[bytes]:
+    """The public keys (SubjectPublicKeyInfo DER) of the `*.x509.pem` entries of otacerts.zip;
+    PlatformError naming the entry when one is not a PEM certificate."""
+    import io
+    import zipfile
+
+    from midm_common.ota_signature import trusted_keys_of_pem
+
+    if len(data) > OTACERTS_MAX_BYTES:
+        raise PlatformError(f"{OTACERTS}: over {OTACERTS_MAX_BYTES} bytes")
+    keys: set[bytes] = set()
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.infolist()
+            if len(entries) > OTACERTS_MAX_ENTRIES:
+                raise PlatformError(f"{OTACERTS}: more than {OTACERTS_MAX_ENTRIES} entries")
+            for entry in entries:
+                if not entry.filename.endswith(".x509.pem"):
+                    continue
+                if entry.file_size > OTACERT_MAX_BYTES:
+                    raise PlatformError(f"{OTACERTS}: {entry.filename} is over {OTACERT_MAX_BYTES}")
+                with archive.open(entry) as member:
+                    pem = member.read(OTACERT_MAX_BYTES + 1)
+                try:
+                    keys |= trusted_keys_of_pem(pem)
+                except ValueError as exc:
+                    raise PlatformError(
+                        f"{OTACERTS}: {entry.filename} is not a PEM certificate ({exc})"
+                    ) from exc
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise PlatformError(f"{OTACERTS}: not a readable zip ({exc})") from exc
+    return frozenset(keys)
+
+
 def _prepared(local: Path) -> bool:
     """Make the pull folder; True when this APK version was pulled before."""
     local.parent.mkdir(parents=True, exist_ok=True)
     return local.exists()
+
+
+def _read_limited(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(OTACERTS_MAX_BYTES + 1)
+    except OSError as exc:
+        raise PlatformError(f"{OTACERTS}: cannot read ({exc.strerror})") from exc
 
 
 def parse_battery(text: str) -> PowerState:
@@ -266,6 +316,18 @@ class AndroidPlatform:
             await self._run("pull", path, str(partial))
             partial.replace(local)
         return local
+
+    async def ota_certificates(self) -> frozenset[bytes]:
+        """The keys the device's recovery trusts, from its otacerts.zip (pulled over adb into
+        a temporary folder, or read in place on the device)."""
+        if self.adb is None:
+            data = await asyncio.to_thread(_read_limited, Path(OTACERTS))
+        else:
+            with tempfile.TemporaryDirectory(prefix="midm-otacerts-") as folder:
+                local = Path(folder) / "otacerts.zip"
+                await self._run("pull", OTACERTS, str(local))
+                data = await asyncio.to_thread(_read_limited, local)
+        return await asyncio.to_thread(parse_otacerts, data)
 
     async def install_app(self, apk: ApkArtifact, *, grant_all: bool = False) -> None:
         path = file_of(apk)

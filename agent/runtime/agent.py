@@ -54,6 +54,7 @@ from agent.platforms.base import Platform, gather_facts
 from agent.protocol import CheckinReply, Credentials, Request, Response
 from agent.runtime.artifacts import DOWNLOADS, ArtifactStore, DeviceArtifacts, FileArtifacts
 from agent.runtime.device_key import KeyStore, key_store_for
+from agent.runtime.image_trust import image_trust
 from agent.runtime.outbox import ItemKind, Outbox
 from agent.runtime.profiles import ProfileRunner
 from agent.runtime.state import AgentState, StateStore
@@ -148,6 +149,7 @@ class Agent:
             save=self._save_state,
             commit=self.commit,
             artifacts=self._artifacts(artifacts),
+            trust=image_trust(config, platform),
         )
         if hasattr(platform, "on_change"):  # platforms that announce changes (AC, sleep)
             platform.on_change = self._nudge.set

@@ -13,8 +13,10 @@ Apps: download (resumable or streamed, sha256-checked, metadata read once per co
 reason `cert_mismatch`); an installed versionCode at least as high is `skipped`; otherwise
 install (grant_all), launch (starts_on_update), reboot (reboots_on_update). Images: ask
 `ota/next`; verify the image is for this device from its own metadata (reject `not_for_device`
-even if the server fed it), download, check the pre-build, install, reboot, and confirm the new
-build at the next start (a different build after the boot is `failed` with reason `rollback`).
+even if the server fed it), download, check the pre-build, with `--ota-certs` check its signer
+(agent.runtime.image_trust: `failed`, reason `bad_signature`, never installed), install, reboot,
+and confirm the new build at the next start (a different build after the boot is `failed` with
+reason `rollback`).
 One image per round; the item is `applied` when the feed has nothing more. Settings: applied
 through the platform as given.
 
@@ -49,6 +51,7 @@ from agent.platforms.base import Platform
 from agent.protocol import Credentials, ProfileDoc, Request
 from agent.runtime.artifacts import DeviceArtifacts
 from agent.runtime.downloads import DownloadError
+from agent.runtime.image_trust import ImageTrust
 
 log = structlog.get_logger("agent.profiles")
 MAX_ROUNDS = 10
@@ -79,6 +82,7 @@ class ProfileRunner:
         "profiles",
         "save",
         "state",
+        "trust",
     )
 
     def __init__(
@@ -92,10 +96,12 @@ class ProfileRunner:
         save: Callable[[], None],
         commit: Callable[[], Awaitable[None]],
         artifacts: DeviceArtifacts,
+        trust: ImageTrust | None = None,
     ) -> None:
         """`emit` queues an event for the server; `save` stages `state` after a change;
         `commit` makes what was staged (and the events emitted) durable, awaited before every
-        irreversible change to the device (install, apply an image, reboot)."""
+        irreversible change to the device (install, apply an image, reboot); `trust`: the
+        certificates images must be signed by (None: images are not checked)."""
         self.platform = platform
         self.clock = clock
         self.call = call
@@ -104,6 +110,7 @@ class ProfileRunner:
         self.save = save
         self.commit = commit
         self.artifacts = artifacts
+        self.trust = trust
         self.profiles: list[ProfileDoc] = []
         self.deferrals: tuple[Deferral, ...] = ()
         # frozen: an agent with nothing deferred holds the one shared empty frozenset
@@ -357,6 +364,20 @@ class ProfileRunner:
                 build=meta.post_build,
             )
             self._record(action, ItemStatus.FAILED)
+            return
+        if self.trust is not None and (problem := await self.trust.problem(meta.signature)):
+            self._event(
+                action.profile,
+                Kind.OTA,
+                file_uuid,
+                EventStatus.FAILED,
+                StepReason.BAD_SIGNATURE,
+                build=meta.post_build,
+            )
+            self._record(action, ItemStatus.FAILED)
+            log.warning(
+                "ota.bad_signature", target=file_uuid, problem=problem, trust=self.trust.source
+            )
             return
         self._event(
             action.profile, Kind.OTA, file_uuid, EventStatus.INSTALLING, build=meta.post_build

@@ -22,6 +22,7 @@ from agent.models import ApkArtifact, BuildInfo, HardwareInfo, OtaArtifact
 from agent.platforms.simulated import SimulatedPlatform
 from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
+from agent.runtime.artifacts import ArtifactStore
 from agent.runtime.outbox import FileOutbox
 from agent.runtime.state import FileStateStore
 from agent.transport.base import Download, Sink
@@ -177,6 +178,8 @@ def make_agent(
     platform: SimulatedPlatform | None = None,
     changes: Changes | None = None,
     sync_spread_s: float = 0.0,
+    ota_certs: str = "",
+    artifacts: ArtifactStore | None = None,
 ) -> tuple[Agent, RecordingTransport]:
     """An agent for `base`; its transport, platform (if recording) and FakeClock (if one)
     all notify `transport.changes`."""
@@ -189,6 +192,7 @@ def make_agent(
         admin_password="pw-alpha" if admin else "",
         request_timeout_s=timeout_s,
         sync_spread_s=sync_spread_s,
+        ota_certs=ota_certs,
     )
     transport = RecordingTransport(base, timeout_s=timeout_s, changes=changes)
     platform = platform or sim_platform(serial)
@@ -204,6 +208,7 @@ def make_agent(
         state_store=FileStateStore(state_dir),
         outbox=FileOutbox(state_dir / "outbox"),
         rng=random.Random(7),
+        artifacts=artifacts,
     )
     return agent, transport
 
