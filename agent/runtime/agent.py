@@ -6,15 +6,17 @@ once more (bounded by the request timeout) and the state committed in full. What
 saved is committed (made durable) before anything is sent and before every irreversible change
 to the device (runtime/state.py and runtime/outbox.py give the rules). The check-in loop checks
 in, queues the inventory when the server asks or its hash changed, flushes the outbox, and
-sleeps the server's interval with jitter (one clock wait, no task); on errors it backs off
-(full jitter, honouring Retry-After). A `wake` on the push channel cuts the sleep short; a
-`sync` does too, after a random 0..`sync_spread_s` seconds (0, at once, unless configured).
-The push listener reconnects with its own backoff (capped at 60 s), cut short by a check-in
-that succeeds while the channel is down: after an outage the channel is back with the first
-check-in. Device calls that meet 40100 (a revoked token) register again once and retry;
-they never save the device again. The inventory scan runs beside the check-ins: a long cold
-scan does not delay them. Event ids, like every random choice, come from the injected rng: a
-seeded run replays. The same class runs on a rig and, thousands of times, in the simulator.
+sleeps the server's interval with jitter (one clock wait, no task); when it cannot reach the
+server it retries once quickly, then no more often than its check-in interval on average
+(agent.core.backoff: the herd after an outage), honouring Retry-After. A `wake` on the push
+channel cuts the sleep short; a `sync` does too, after a random 0..`sync_spread_s` seconds (0,
+at once, unless configured).
+The push listener reconnects at once, then by the same rule over twice the interval, cut short
+by a check-in that succeeds while the channel is down: after an outage the channel is back with
+the first check-in. Device calls that meet 40100 (a revoked token) register again once and
+retry; they never save the device again. The inventory scan runs beside the check-ins: a long
+cold scan does not delay them. Event ids, like every random choice, come from the injected rng:
+a seeded run replays. The same class runs on a rig and, thousands of times, in the simulator.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import structlog
 from agent import protocol
 from agent.clock import Clock, Flag
 from agent.config import AgentConfig
-from agent.core.backoff import next_delay, with_jitter
+from agent.core.backoff import next_delay, push_delay, with_jitter
 from agent.core.checkin import inventory_hash
 from agent.core.enrollment import AdminLogin, drive, enrollment
 from agent.core.rng import RandomSource
@@ -421,6 +423,7 @@ class Agent:
     async def _checkin_loop(self) -> None:
         attempt = 0
         while True:
+            checkins = self._checkins
             try:
                 reply = await self.cycle()
             except AdminLoginRefused:
@@ -429,7 +432,10 @@ class Agent:
                 attempt += 1
                 self._failures += 1
                 retry_after = exc.retry_after if isinstance(exc, ApiError) else None
-                delay = next_delay(attempt, retry_after, self.rng)
+                reached = self._checkins > checkins  # the check-in went through: no outage
+                delay = next_delay(
+                    attempt, retry_after, self.rng, interval=self._interval(), reached=reached
+                )
                 self.state.last_checkin_error = str(exc)
                 log.warning(
                     "checkin.failed",
@@ -465,6 +471,11 @@ class Agent:
             if now >= deadline:
                 return now
 
+    def _interval(self) -> float:
+        """The check-in interval the server last gave (the configured one before any): retries
+        come no more often than that on average (agent.core.backoff)."""
+        return self.state.next_checkin_s or self.config.checkin_interval_s
+
     def _recheck_delay(self) -> float:
         """Deferred work is looked at again soon: when its time comes, or every 15 s for
         conditions (AC, sleep, network) that a platform does not announce."""
@@ -475,6 +486,7 @@ class Agent:
 
     async def _push_loop(self) -> None:
         attempt = 0
+        renewed = False  # registered again after a refused handshake since the last connect
         while True:
             await self._enrolled.wait()
             creds = self.creds()
@@ -483,7 +495,7 @@ class Agent:
                 async with self.transport.open_push(protocol.PUSH, headers) as channel:
                     self.push_connected = True
                     self._server_back.clear()
-                    attempt = 0
+                    attempt, renewed = 0, False
                     log.info("push.connected", device=self.state.serial)
                     async for message in channel.messages():
                         kind = message.get("type")
@@ -498,15 +510,16 @@ class Agent:
                     self._forget_token(creds.device_token)
                     with suppress(TransportError, ProtocolError, ApiError, PlatformError):
                         await self.ensure_enrolled()  # else the check-in loop says why
+                        if not renewed:  # the server answers: one quick try with the new token
+                            attempt, renewed = 0, True
             except TransportError as exc:
                 log.info("push.closed", device=self.state.serial, reason=str(exc))
             finally:
                 self.push_connected = False
             attempt += 1
             # its own backoff, or sooner: a check-in that succeeds says the server is back
-            await self.clock.wait_for(
-                self._server_back, next_delay(attempt, None, self.rng, cap=60.0)
-            )
+            delay = push_delay(attempt, self.rng, interval=self._interval())
+            await self.clock.wait_for(self._server_back, delay)
             self._server_back.clear()
 
     def _nudge_for(self, kind: str) -> None:

@@ -7,11 +7,14 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent import protocol
-from agent.core.backoff import next_delay, with_jitter
+from agent.core.backoff import ceiling, next_delay, push_delay, with_jitter
 from agent.core.checkin import inventory_hash
 from agent.core.enrollment import AdminLogin, enrollment
+from agent.core.rng import SplitMix64
 from agent.errors import ApiError, NotFound, ProtocolError, RateLimited, Unauthorized
 from agent.models import AppRecord, BuildInfo, DeviceFacts, HardwareInfo, PowerState
 from agent.protocol import Credentials, Response
@@ -138,19 +141,90 @@ def test_checkin_reply_types_are_checked() -> None:
     assert reply.next_checkin_s == 60 and reply.profiles[0].uuid == "p"
 
 
-def test_backoff_is_full_jitter_and_capped() -> None:
-    """Delays stay within [0, min(cap, base*2^(n-1))] and vary between devices."""
-    rng = random.Random(1)
-    for attempt in range(1, 15):
-        delay = next_delay(attempt, None, rng, base=1, cap=300)
-        assert 0 <= delay <= min(300, 2 ** (attempt - 1))
-    spread = {round(next_delay(5, None, random.Random(seed)), 3) for seed in range(20)}
-    assert len(spread) > 10
+def test_the_first_retry_is_quick() -> None:
+    """Retry 1 is uniform(0, base) whatever the interval: a one-off failure costs a second."""
+    rng = SplitMix64(1)
+    delays = [next_delay(1, None, rng, interval=600) for _ in range(500)]
+    assert all(0 <= d <= 1 for d in delays) and len(set(delays)) == 500
+    assert all(0 <= next_delay(1, None, rng, interval=60, base=5) <= 5 for _ in range(100))
 
 
-def test_backoff_honours_retry_after_without_lockstep() -> None:
-    """Retry-After is a floor; devices told the same value still spread out."""
-    delays = [next_delay(1, 30, random.Random(seed)) for seed in range(50)]
+@pytest.mark.parametrize("interval", [1, 30, 60, 300, 3600])
+def test_later_retries_average_the_ceiling_and_never_beat_the_interval(interval: float) -> None:
+    """Retries 2.. are uniform(0.5, 1.5) x ceiling, the ceiling at least the interval: on
+    average a failing device asks no more often than it checks in (the herd maths of the
+    module docstring). A seeded RandomSource: the same draws every run."""
+    rng = SplitMix64(7)
+    for attempt in range(2, 16):
+        c = ceiling(attempt, interval=interval)
+        assert c >= interval and c == max(interval, min(300, 2 ** (attempt - 1)))
+        delays = [next_delay(attempt, None, rng, interval=interval) for _ in range(2000)]
+        assert all(0.5 * c <= d <= 1.5 * c for d in delays)
+        assert sum(delays) / len(delays) == pytest.approx(c, rel=0.03)
+        assert min(delays) < 0.55 * c and max(delays) > 1.45 * c  # the whole range is used
+
+
+@given(
+    attempt=st.integers(1, 200),
+    interval=st.floats(1, 86_400),
+    cap=st.floats(1, 3_600),
+)
+def test_the_ceiling_is_monotone(attempt: int, interval: float, cap: float) -> None:
+    """The ceiling never comes down as failures go on (interval >= base), and is never above
+    the longer of the interval and the cap: the cap never cuts the interval."""
+    now = ceiling(attempt, interval=interval, cap=cap)
+    assert ceiling(attempt + 1, interval=interval, cap=cap) >= now
+    assert now <= max(interval, cap)
+
+
+@given(
+    attempt=st.integers(1, 30),
+    retry_after=st.floats(0, 3_600),
+    interval=st.floats(1, 600),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_retry_after_is_a_floor_with_up_to_ten_percent(
+    attempt: int, retry_after: float, interval: float, seed: int
+) -> None:
+    """The delay is never under Retry-After, and Retry-After adds at most 10 %: the later of
+    the backoff's own draw and the floor."""
+    delay = next_delay(attempt, retry_after, SplitMix64(seed), interval=interval)
+    top = 1.0 if attempt == 1 else 1.5 * ceiling(attempt, interval=interval)
+    assert retry_after <= delay <= max(retry_after * 1.1, top)
+
+
+@pytest.mark.parametrize("interval", [30, 60, 3600])
+def test_a_failure_after_the_server_answered_the_check_in_backs_off_from_quick(
+    interval: float,
+) -> None:
+    """`reached` (a download dropped after a check-in that went through): full jitter over
+    1, 2, 4 ... s, never over the interval: a device on a poor link is not held an interval
+    for each drop, and one whose failure persists retries once an interval."""
+    rng = SplitMix64(11)
+    for attempt in range(1, 20):
+        top = min(interval, 2 ** (attempt - 1))
+        delays = [
+            next_delay(attempt, None, rng, interval=interval, reached=True) for _ in range(300)
+        ]
+        assert all(0 <= d <= top for d in delays) and max(delays) > 0.9 * top
+    assert next_delay(2, 30, rng, interval=60, reached=True) >= 30  # Retry-After: a floor still
+
+
+def test_the_push_channel_retries_quickly_then_over_two_intervals() -> None:
+    """The push channel's first reconnect is quick; the next ones wait about twice the
+    check-in interval, so that after an outage the check-in, which brings the channel back
+    with it, comes first."""
+    rng = SplitMix64(3)
+    assert all(0 <= push_delay(1, rng, interval=60) <= 1 for _ in range(200))
+    for attempt in (2, 3, 5):
+        delays = [push_delay(attempt, rng, interval=60) for _ in range(2000)]
+        assert all(60 <= d <= 180 for d in delays)
+        assert sum(delays) / len(delays) == pytest.approx(120, rel=0.03)
+    assert 150 <= push_delay(20, rng, interval=60) <= 450  # the exponential step, capped
+
+
+def test_devices_told_the_same_retry_after_do_not_return_in_lockstep() -> None:
+    delays = [next_delay(1, 30, SplitMix64(seed), interval=60) for seed in range(50)]
     assert all(30 <= d <= 33 for d in delays) and len(set(delays)) > 40
     assert all(54 <= with_jitter(60, random.Random(s)) <= 66 for s in range(50))
 
