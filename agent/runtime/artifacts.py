@@ -15,7 +15,8 @@ sees its downloads through `DeviceArtifacts`:
   same fileUuid meanwhile hash and wait for it, and one whose content the store lacks (the
   first download failed, or the file changed) downloads it into a file itself. A download that
   drops part-way is resumed by the same device's next attempt (Range, as on a rig): the device
-  keeps what it had (its sink, or its part file) until then.
+  keeps what it had (its sink, or its part file) until then and resumes it in the same mode,
+  whatever the other devices do meanwhile (`ArtifactStore.content`).
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ class ArtifactStore:
         self.cache = cache or MetadataCache()
         self._contents: dict[str, _Content] = {}  # sha256 -> the file under root
         self._known: dict[str, str] = {}  # fileUuid -> sha256 of its content, once held
-        self._writing: dict[str, asyncio.Future[None]] = {}  # fileUuid -> its first download
+        self._writing: dict[str, set[asyncio.Future[None]]] = {}  # fileUuid -> its writers
         self._seq = itertools.count()
 
     def device(self, transport: Transport, creds: Callable[[], Credentials]) -> StreamedArtifacts:
@@ -238,26 +239,43 @@ class ArtifactStore:
         partial: Partials | None = None,
     ) -> _Content:
         """Pull `file_uuid` through `transport` and return the store's copy of its content;
-        `partial` holds the device's dropped downloads (resumed here, kept if this drops)."""
-        writing = self._writing.get(file_uuid)
-        if writing is None and file_uuid not in self._known:
-            return await self._write(transport, creds, file_uuid, partial)
+        `partial` holds the device's dropped downloads (resumed here, kept if this drops).
+
+        Who writes: a device resumes what its dropped attempt left, in the mode it was in (its
+        part file as a writer, even beside another writer; its sink as a hasher); a device
+        holding nothing writes when nobody is writing a content the store does not hold yet,
+        and hashes otherwise. A device that took the other mode on its next attempt threw its
+        bytes away: on a link that cuts every download from the first byte
+        (scenarios/download-resume.toml), devices went from one mode to the other and none
+        ever finished.
+        """
         previous = partial.pop(file_uuid, None) if partial else None
-        if isinstance(previous, Path):  # a part file of this device's: it hashes instead now
-            await asyncio.to_thread(shutil.rmtree, previous, ignore_errors=True)
-        sink = previous if isinstance(previous, HashingSink) else HashingSink()
+        if isinstance(previous, Path):
+            return await self._write(transport, creds, file_uuid, partial, part=previous)
+        if previous is None and not self._writing.get(file_uuid) and file_uuid not in self._known:
+            return await self._write(transport, creds, file_uuid, partial)
+        sink = previous if previous is not None else HashingSink()
         try:
             fetched = await fetch(transport, creds, file_uuid, sink)
         except TransportError:
             if partial is not None and sink.size:
                 partial[file_uuid] = sink  # the next attempt asks for the rest
             raise
-        if writing is not None:
-            await asyncio.shield(writing)  # the first download of this file: its outcome
-        held = self._contents.get(fetched.sha256)
+        held = await self._settled(file_uuid, fetched.sha256)
         if held is not None:
             return held
-        return await self._write(transport, creds, file_uuid)  # the store lacks this content
+        # no writer made it (they dropped, or the file changed): this device writes the file,
+        # and keeps its part if this attempt drops too
+        return await self._write(transport, creds, file_uuid, partial)
+
+    async def _settled(self, file_uuid: str, sha256: str) -> _Content | None:
+        """The store's copy of `sha256` once one of the writers of `file_uuid` in flight now
+        has made it; None if the store lacks it once they have all ended. Writers that start
+        later are not waited for: each waiter would wait for the next, one download at a time."""
+        pending = set(self._writing.get(file_uuid, ()))
+        while (held := self._contents.get(sha256)) is None and pending:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        return held
 
     async def _write(
         self,
@@ -265,18 +283,16 @@ class ArtifactStore:
         creds: Credentials,
         file_uuid: str,
         partial: Partials | None = None,
+        *,
+        part: Path | None = None,
     ) -> _Content:
-        """Download `file_uuid` into a file of the store (the agents that fetch it meanwhile
-        wait for this one)."""
-        done: asyncio.Future[None] | None = None
-        if file_uuid not in self._writing:
-            done = asyncio.get_running_loop().create_future()
-            self._writing[file_uuid] = done
-        previous = partial.pop(file_uuid, None) if partial else None
-        if isinstance(previous, Path):
-            incoming = previous  # this device's part file: resumed
-        else:
-            incoming = self.root / "incoming" / f"{file_uuid}-{next(self._seq)}"
+        """Download `file_uuid` into a part folder of this device's (`part`: the one its dropped
+        attempt left, resumed) and make it the store's copy. Each writer has a folder of its own
+        (`incoming/<fileUuid>-<n>`); two writers of one content both rename a verified copy to
+        `<root>/<sha256>` (atomic, the same bytes) and the store keeps the first."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writing.setdefault(file_uuid, set()).add(done)
+        incoming = part or self.root / "incoming" / f"{file_uuid}-{next(self._seq)}"
         keep = False
         try:
             fetched = await fetch(transport, creds, file_uuid, incoming)
@@ -294,11 +310,13 @@ class ArtifactStore:
                 keep = True
             raise
         finally:
+            writers = self._writing[file_uuid]
+            writers.discard(done)
+            if not writers:
+                del self._writing[file_uuid]
+            done.set_result(None)  # before any await here: a cancelled cleanup still tells
             if not keep:
                 await asyncio.to_thread(shutil.rmtree, incoming, ignore_errors=True)
-            if done is not None:
-                del self._writing[file_uuid]
-                done.set_result(None)
 
 
 class StreamedArtifacts:

@@ -331,3 +331,100 @@ async def test_a_dropped_download_is_resumed_by_the_same_device(tmp_path: Path) 
         assert artifact.metadata.package_name == "com.example.basic"
     assert store.statistics().contents == 1
     assert not any((tmp_path / "store" / "incoming").glob("*"))  # no part file left behind
+
+
+class HalfLink:
+    """One device's link to a server holding `body` (with Range), as scenarios/download-resume
+    .toml's truncate fault makes it: a download from the first byte ends at half; one from
+    further on gets the rest. With `gate`, a download waits for it before its bytes come (a
+    download in flight), and one from the first byte is not cut."""
+
+    def __init__(self, body: bytes, gate: asyncio.Event | None = None) -> None:
+        self.body, self.gate, self.starts = body, gate, list[int]()
+        self.asked = asyncio.Event()  # a download began
+        self.headers = {"X-Checksum-SHA256": hashlib.sha256(body).hexdigest()}
+
+    async def _bytes(self, start: int) -> bytes:
+        self.starts.append(start)
+        self.asked.set()
+        await asyncio.sleep(0)  # a round trip: the other devices run meanwhile
+        if self.gate is not None:
+            await self.gate.wait()
+        end = len(self.body) // 2 if start == 0 and self.gate is None else len(self.body)
+        return self.body[start:end]
+
+    def _answer(self, start: int, got: int) -> Download:
+        if start + got < len(self.body):
+            raise TransportError("connection closed at half the file")
+        return Download(status=206 if start else 200, headers=self.headers)
+
+    async def download(
+        self, path: str, headers: Mapping[str, str], target: Path, offset: int
+    ) -> Download:
+        data = await self._bytes(offset)
+        with target.open("ab" if offset else "wb") as handle:
+            handle.write(data)
+        return self._answer(offset, len(data))
+
+    async def download_to(self, path: str, headers: Mapping[str, str], sink: Sink) -> Download:
+        start = sink.size
+        data = await self._bytes(start)
+        sink.write(data)
+        return self._answer(start, len(data))
+
+
+async def test_a_device_resumes_what_it_holds_whoever_else_is_writing(tmp_path: Path) -> None:
+    """The field bug of download-resume.toml in miniature. W writes the store's file and H only
+    hashes; both are cut at half. Meanwhile B starts writing (nobody else was). Their second
+    attempts, H first: W resumes its part file beside B (two writers, each its own part
+    file), H resumes its sink and takes the store's copy once W's is in; neither starts over,
+    so neither is cut again. (A device that took the other mode threw its bytes away: with
+    every download from the first byte cut, the fleet never converged.) B then finishes too:
+    one copy, one parse, no part file left."""
+    content = (APKS / "basic-v1.apk").read_bytes()
+    half, sha = len(content) // 2, hashlib.sha256(content).hexdigest()
+    store = ArtifactStore(tmp_path / "store")
+    gate = asyncio.Event()
+    links = {"W": HalfLink(content), "H": HalfLink(content), "B": HalfLink(content, gate)}
+    devices = {n: store.device(link, lambda: CREDS) for n, link in links.items()}  # type: ignore[arg-type]
+    async with asyncio.timeout(30):
+        first = await asyncio.gather(
+            devices["W"].app("F1"), devices["H"].app("F1"), return_exceptions=True
+        )
+        assert all(isinstance(r, TransportError) for r in first)
+        b = asyncio.create_task(devices["B"].app("F1"))
+        await links["B"].asked.wait()
+        assert links["B"].starts == [0] and not b.done()  # B writes, in flight
+        second = await asyncio.gather(devices["H"].app("F1"), devices["W"].app("F1"))
+        assert links["W"].starts == links["H"].starts == [0, half]
+        assert {a.sha256 for a in second} == {sha} and not b.done()
+        gate.set()
+        assert (await b).sha256 == sha
+    stats = store.statistics()
+    assert (stats.contents, stats.parsed) == (1, 1)
+    assert [p.name for p in (tmp_path / "store").iterdir() if p.is_file()] == [sha]
+    assert not any((tmp_path / "store" / "incoming").iterdir())
+
+
+async def test_a_hasher_left_without_a_writer_writes_the_file_and_keeps_its_part(
+    tmp_path: Path,
+) -> None:
+    """W (writing) and H (hashing) are cut at half; W never comes back. H resumes its sink
+    (the server sees the rest asked for), then, the store still lacking the content, downloads
+    a file itself: cut at half in turn, it keeps that part and resumes it next time."""
+    content = (APKS / "basic-v1.apk").read_bytes()
+    half = len(content) // 2
+    store = ArtifactStore(tmp_path / "store")
+    w_link, h_link = HalfLink(content), HalfLink(content)
+    w = store.device(w_link, lambda: CREDS)  # type: ignore[arg-type]
+    h = store.device(h_link, lambda: CREDS)  # type: ignore[arg-type]
+    async with asyncio.timeout(30):
+        first = await asyncio.gather(w.app("F1"), h.app("F1"), return_exceptions=True)
+        assert all(isinstance(r, TransportError) for r in first)
+        with pytest.raises(TransportError):
+            await h.app("F1")
+        artifact = await h.app("F1")
+    assert h_link.starts == [0, half, 0, half]
+    assert artifact.sha256 == hashlib.sha256(content).hexdigest()
+    assert store.statistics().contents == 1
+    assert len(list((tmp_path / "store" / "incoming").iterdir())) == 1  # W's, still held
