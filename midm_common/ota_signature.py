@@ -229,7 +229,7 @@ def signer_certificate(signer: Signer) -> x509.Certificate:
 
     try:
         return x509.load_der_x509_certificate(signer.certificate)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise SignatureError(f"the signer's certificate does not parse ({exc})") from exc
 
 

@@ -96,6 +96,16 @@ def test_block_limit() -> None:
     assert "the limit is" in signature_of(big)[1]
 
 
+def test_certificate_of_an_unknown_version() -> None:
+    """A certificate that cryptography refuses to load (X.509 version 2 here, found by
+    hypothesis) is INVALID, not an exception."""
+    signed, block = block_of(sign_package(package(), signer("release")))
+    version = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2: X.509 v3
+    assert block.count(version) == 1
+    status, reason = signature_of(assemble(signed, block.replace(version, version[:-1] + b"\x01")))
+    assert status is SignatureStatus.INVALID and "certificate does not parse" in reason, reason
+
+
 def test_read_ota_metadata_carries_the_signature(tmp_path: Path) -> None:
     """The one OTA reader returns the signature with the metadata (the agent's cache keeps it
     per content); a bad signature is not raised there."""
@@ -123,12 +133,14 @@ def test_hostile_footers_never_raise(tail: bytes, start: int, size: int) -> None
         assert status in (SignatureStatus.INVALID, SignatureStatus.UNSIGNED)
 
 
-@settings(max_examples=150, deadline=None)
-@given(cut=st.integers(1, 400), junk=st.binary(max_size=8))
-def test_mangled_blocks_never_raise(cut: int, junk: bytes) -> None:
-    """Truncated or spliced DER blocks are INVALID with a reason."""
+@settings(max_examples=300, deadline=None)
+@given(cut=st.integers(1, 400), junk=st.binary(max_size=8), at=st.integers(0, 1 << 16))
+def test_mangled_blocks_never_raise(cut: int, junk: bytes, at: int) -> None:
+    """Truncated, spliced or single-byte-changed DER blocks are INVALID with a reason."""
     signed, block = block_of(sign_package(package(), signer("release")))
-    for mangled in (block[:-cut], block[:cut] + junk + block[cut + len(junk) :]):
+    flipped = bytearray(block)
+    flipped[at % len(block)] ^= 1 + at % 255
+    for mangled in (block[:-cut], block[:cut] + junk + block[cut + len(junk) :], bytes(flipped)):
         status, reason = signature_of(assemble(signed, mangled))
         assert status is not SignatureStatus.UNSIGNED
         assert status is SignatureStatus.VALID or reason.startswith("signature: ")
