@@ -295,7 +295,17 @@ def store_events(
     events: Iterable[EventInput],
     now: int,
 ) -> EventOutcome:
-    """Insert new events (ids already stored are skipped), then progress and AppStatus."""
+    """Insert new events (ids already stored are skipped), then progress and AppStatus.
+
+    Order, decided: a device's progress, AppStatus and inventory follow its events in the order
+    the server stores them, and their `updated`/`reported` is the server's time (`now`); the
+    device's own time (`at`) is kept in the event as data. The last event stored wins, with no
+    comparison of times: one writer stores a device's batches in the order they came, each in
+    its own order (the agent's queue), and a batch sent again is skipped by its event ids, so
+    nothing older comes back. Ordering by `at` trusted the device's clock: one set back a day
+    could never move its progress again (scenarios/clock-skew.toml); a comparison of the
+    server's times would fail the same way for as long as the server's clock stepped back.
+    """
     stored = 0
     applied: list[str] = []
     for event in events:
@@ -324,9 +334,8 @@ def store_events(
             conn.execute(
                 "INSERT INTO profile_progress (profile_uuid, device_uuid, status, reason, updated) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(profile_uuid, device_uuid) DO UPDATE SET "
-                "status = excluded.status, reason = excluded.reason, updated = excluded.updated "
-                "WHERE excluded.updated >= profile_progress.updated",
-                (event.profile_uuid, device_uuid, status, event.reason, event.at_ms),
+                "status = excluded.status, reason = excluded.reason, updated = excluded.updated",
+                (event.profile_uuid, device_uuid, status, event.reason, now),
             )
             if status == "applied":
                 applied.append(event.profile_uuid)
@@ -336,28 +345,31 @@ def store_events(
 
 
 def _app_status(conn: sqlite3.Connection, device_uuid: str, event: EventInput, now: int) -> None:
+    """An installed app: its AppStatus and its inventory entry, as of `now` (the server's
+    time: the last event stored wins, see store_events); a failed one only where there is no
+    AppStatus yet."""
     version = event.doc.get("versionCode")
     if event.status == "installed":
         conn.execute(
             "INSERT INTO app_status (device_uuid, package_name, version_code, installed, updated) "
             "VALUES (?, ?, ?, 1, ?) ON CONFLICT(device_uuid, package_name) DO UPDATE SET "
-            "version_code = excluded.version_code, installed = 1, updated = excluded.updated "
-            "WHERE excluded.updated >= app_status.updated",
-            (device_uuid, event.target, version, event.at_ms),
+            "version_code = excluded.version_code, installed = 1, updated = excluded.updated",
+            (device_uuid, event.target, version, now),
         )
-        _inventory_upsert(conn, device_uuid, event.target, version, event.at_ms)
+        _inventory_upsert(conn, device_uuid, event.target, version, now)
     elif event.status == "failed":
         conn.execute(
             "INSERT OR IGNORE INTO app_status (device_uuid, package_name, version_code, installed, "
             "updated) VALUES (?, ?, NULL, 0, ?)",
-            (device_uuid, event.target, event.at_ms),
+            (device_uuid, event.target, now),
         )
 
 
 def _inventory_upsert(
     conn: sqlite3.Connection, device_uuid: str, package: str, version: int | None, at: int
 ) -> None:
-    """An installed app shows in the inventory at once; `reported` is the event's time."""
+    """An installed app shows in the inventory at once; `reported` is `at`, the server's time
+    of the event (as for a whole inventory), not the device's."""
     row = conn.execute(
         "SELECT apps FROM app_inventory WHERE device_uuid = ?", (device_uuid,)
     ).fetchone()
