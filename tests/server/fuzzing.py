@@ -112,6 +112,8 @@ SEMANTIC = {
     "uploadOta": "the file must be an OTA zip; otaInfo must give deviceId and postBuild",
     "saveProfile": "apps, otas and groups named must exist; times must parse; no duplicates",
     "editProfile": "as saveProfile; the body's uuid must be the query's",
+    "register": "publicKey must be an Ed25519 or P-256 SPKI PEM; signature base64 of 8..72 "
+    "bytes; challenge and signature together (§7 device keys)",
     "putApps": "a package listed twice",
     "postEvents": "ids must be uuids; times must parse; events name covering profiles",
     "pushChannel": "a plain GET is not a WebSocket upgrade (40000)",
