@@ -127,7 +127,7 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
     clock = ScaledClock(args.scale)
     metrics = Metrics(time.monotonic, time_scale=args.scale)
     window = {"on": False, "checkins": 0, "errors": 0}
-    latency = figures.new_histogram()
+    latency = figures.Recorder()
     lag = figures.new_histogram()
 
     def observe(exchange: Exchange) -> None:
@@ -136,7 +136,7 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
             if exchange.status == 200:
                 window["checkins"] += 1
                 late = max(0.0, exchange.started - exchange.intended)
-                figures.record_us(latency, (late + exchange.duration) / args.scale)
+                latency.record((late + exchange.duration) / args.scale)
             else:
                 window["errors"] += 1
 
@@ -197,7 +197,7 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
         "checkins_per_cpu_s": round(count / cpu) if cpu else None,
         "checkins_per_s": round(count / wall) if wall else None,
         "send_lag_ms": _percentiles(lag),
-        "checkin_latency_ms": _percentiles(latency),
+        "checkin_latency_ms": _percentiles(latency.histogram),
         "enrolled": stats.enrolled,
         "failed": stats.failed,
         "websockets_at_end": websockets,

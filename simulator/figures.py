@@ -107,6 +107,52 @@ def record_us(histogram: Any, seconds: float) -> None:
     histogram.record_value(min(HIGHEST_US, max(LOWEST_US, round(seconds * 1_000_000))))
 
 
+class Recorder:
+    """An HDR histogram of microseconds with a cheap `record()` for the hot path (every exchange
+    feeds several histograms): a value is counted in a dict under the lowest value of its
+    histogram bucket (what the histogram stores it as), and the counts are added to the histogram
+    when it is read (`histogram`). Exact: the same counts, so the same percentiles, min, max and
+    encoding, as recording each value; about 5x cheaper a value (no Python calls per value)."""
+
+    __slots__ = ("_bits", "_histogram", "_pending")
+
+    def __init__(self, digits: int = DIGITS) -> None:
+        self._histogram = new_histogram(digits)
+        if self._histogram.unit_magnitude != 0:  # LOWEST_US is 1: buckets in whole microseconds
+            raise ValueError("Recorder needs histograms whose lowest trackable value is 1")
+        # values of up to `_bits` bits are kept exactly; above, each extra bit halves resolution
+        self._bits = self._histogram.sub_bucket_half_count_magnitude + 1
+        self._pending: dict[int, int] = {}
+
+    def record(self, seconds: float) -> None:
+        """Record a duration (seconds), as whole microseconds clamped to the range."""
+        value = round(seconds * 1_000_000)
+        if value < LOWEST_US:
+            value = LOWEST_US
+        elif value > HIGHEST_US:
+            value = HIGHEST_US
+        shift = value.bit_length() - self._bits
+        if shift > 0:
+            value = value >> shift << shift
+        pending = self._pending
+        pending[value] = pending.get(value, 0) + 1
+
+    @property
+    def histogram(self) -> Any:
+        """The histogram with every value recorded so far (read it; record through `record`)."""
+        pending = self._pending
+        if pending:
+            add = self._histogram.record_value
+            for value, count in pending.items():
+                add(value, count)
+            pending.clear()
+        return self._histogram
+
+    def reset(self) -> None:
+        self._pending.clear()
+        self._histogram.reset()
+
+
 def record_us_corrected(histogram: Any, seconds: float, interval_s: float) -> None:
     """Record a lateness sampled every `interval_s`, corrected for coordinated omission: a stall
     of 900 ms swallowed 89 wake-ups of a 10 ms probe, and counts for them too (HdrHistogram's

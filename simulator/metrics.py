@@ -6,7 +6,8 @@ its *intended* send time (Exchange.intended: the agent's schedule), not from whe
 a late generator cannot hide the server's slowness (coordinated omission). Latencies go into one
 HDR histogram per endpoint (microseconds) with counts and errors by class; a second row of the
 timeline (real seconds since `origin`) counts device requests and errors and keeps its own
-histogram (p99 over time). `device_event()` hears the agents' profile events: a device has applied
+histogram (p99 over time); each through a figures.Recorder (counted by bucket, added to the
+histogram when read: exact, and cheap per exchange). `device_event()` hears the agents' profile events: a device has applied
 a profile at the time of its profile `applied` event; convergence is measured from the profile's
 first save (`profile_saved()`). The generator's health: process CPU and RSS, and the event loop's
 send lag (a probe task's scheduled wake-up vs the actual, on the real loop; the exchanges'
@@ -348,12 +349,12 @@ class LiveReadings:
 
 
 class _Endpoint:
-    __slots__ = ("count", "errors", "histogram")
+    __slots__ = ("count", "errors", "latency")
 
     def __init__(self) -> None:
         self.count = 0
         self.errors: dict[str, int] = {}
-        self.histogram = figures.new_histogram()
+        self.latency = figures.Recorder()
 
 
 class _Progress:
@@ -372,7 +373,7 @@ class _Row:
     requests: int = 0
     errors: int = 0
     websockets: int = 0
-    histogram: Any = field(default_factory=lambda: figures.new_histogram(figures.ROW_DIGITS))
+    latency: figures.Recorder = field(default_factory=lambda: figures.Recorder(figures.ROW_DIGITS))
 
 
 class Metrics:
@@ -408,7 +409,7 @@ class Metrics:
         self._saves: dict[str, ProfileSave] = {}
         self._progress: dict[str, _Progress] = {}
         self._send_lag = figures.new_histogram()
-        self._lateness = figures.new_histogram()
+        self._lateness = figures.Recorder()
         self._events_queued = 0
         self._cancelled = 0
         self._probe: asyncio.Task[None] | None = None
@@ -426,10 +427,10 @@ class Metrics:
             endpoint = self._endpoints[key] = _Endpoint()
         lateness = max(0.0, exchange.started - exchange.intended) / self._scale
         latency = lateness + exchange.duration / self._scale
-        figures.record_us(endpoint.histogram, latency)
+        endpoint.latency.record(latency)
         endpoint.count += 1
         if exchange.started != exchange.intended:
-            figures.record_us(self._lateness, lateness)
+            self._lateness.record(lateness)
         error = figures.classify(exchange.status, exchange.error)
         if error is not None:
             endpoint.errors[error] = endpoint.errors.get(error, 0) + 1
@@ -442,7 +443,7 @@ class Metrics:
             row.errors += 1
             self._errors += 1
         if key != "file":
-            figures.record_us(row.histogram, latency)
+            row.latency.record(latency)
 
     def device_event(self, serial: str, event: Mapping[str, Any]) -> None:
         """An event an agent queued (the protocol's event body): profile `applied`/`failed`
@@ -536,7 +537,7 @@ class Metrics:
             p99_ms=p99,
             websockets=self._websockets,
             send_lag_p99_ms=figures.percentile_ms(self._send_lag, 99.0),
-            saturated=is_saturated(self._send_lag, self._lateness),
+            saturated=is_saturated(self._send_lag, self._lateness.histogram),
             convergence=tuple(
                 (names.get(uuid, uuid), len(p.applied), len(p.seen))
                 for uuid, p in sorted(self._progress.items(), key=lambda i: names.get(i[0], i[0]))
@@ -549,7 +550,9 @@ class Metrics:
         return LiveReadings(
             elapsed_s=self._clock() - self._origin,
             endpoints={
-                key: LiveEndpoint(count=e.count, errors=dict(e.errors), histogram=e.histogram)
+                key: LiveEndpoint(
+                    count=e.count, errors=dict(e.errors), histogram=e.latency.histogram
+                )
                 for key, e in self._endpoints.items()
             },
             profiles=tuple(
@@ -558,7 +561,7 @@ class Metrics:
             ),
             websockets=self._websockets,
             send_lag=self._send_lag,
-            lateness=self._lateness,
+            lateness=self._lateness.histogram,
             cpu_s=usage.cpu_s - self._cpu_at_start,
             rss_mb=usage.rss_mb,
             events_queued=self._events_queued,
@@ -574,7 +577,7 @@ class Metrics:
             elapsed_s=self._clock() - self._origin,
             requests={
                 key: EndpointSnapshot(
-                    count=e.count, errors=dict(e.errors), hdr=figures.encode(e.histogram)
+                    count=e.count, errors=dict(e.errors), hdr=figures.encode(e.latency.histogram)
                 )
                 for key, e in sorted(self._endpoints.items())
             },
@@ -593,8 +596,8 @@ class Metrics:
                 cpu_s=round(usage.cpu_s - self._cpu_at_start, 3),
                 rss_mb=round(usage.rss_mb, 1),
                 send_lag_hdr=figures.encode(self._send_lag),
-                lateness_hdr=figures.encode(self._lateness),
-                saturated=is_saturated(self._send_lag, self._lateness),
+                lateness_hdr=figures.encode(self._lateness.histogram),
+                saturated=is_saturated(self._send_lag, self._lateness.histogram),
             ),
             events_queued=self._events_queued,
             cancelled=self._cancelled,
@@ -612,14 +615,14 @@ class Metrics:
         if second <= row.t:
             return row
         self._rows.append(self._freeze(row))
-        self._last = (row.requests, figures.percentile_ms(row.histogram, 99.0))
+        self._last = (row.requests, figures.percentile_ms(row.latency.histogram, 99.0))
         self._rows.extend(
             SecondSnapshot(t=t, requests=0, errors=0, websockets=self._websockets, hdr=_EMPTY_ROW)
             for t in range(row.t + 1, second)
         )
         if second > row.t + 1:
             self._last = (0, None)
-        row.histogram.reset()
+        row.latency.reset()
         row.t, row.requests, row.errors, row.websockets = second, 0, 0, self._websockets
         return row
 
@@ -630,7 +633,7 @@ class Metrics:
             requests=row.requests,
             errors=row.errors,
             websockets=row.websockets,
-            hdr=figures.encode(row.histogram),
+            hdr=figures.encode(row.latency.histogram),
         )
 
 

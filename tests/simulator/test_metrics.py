@@ -255,6 +255,31 @@ def test_values_beyond_the_range_are_clamped_not_dropped() -> None:
     assert figures.latency_ms(h)["max"] == pytest.approx(3_600_000, rel=1e-3)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=8000.0, allow_nan=False), max_size=300),
+    st.sampled_from([figures.DIGITS, figures.ROW_DIGITS]),
+)
+def test_the_recorder_holds_exactly_what_recording_each_value_holds(
+    values: list[float], digits: int
+) -> None:
+    """The hot path's Recorder (counts by bucket, added when read) against record_us one value
+    at a time: the same encoding (counts), percentiles, min and max; read twice, reset."""
+    direct, recorder = figures.new_histogram(digits), figures.Recorder(digits)
+    for i, seconds in enumerate(values):
+        figures.record_us(direct, seconds)
+        recorder.record(seconds)
+        if i == len(values) // 2:
+            assert recorder.histogram.get_total_count() == i + 1  # read midway, then more
+    held = recorder.histogram
+    assert figures.encode(held) == figures.encode(direct)
+    assert figures.latency_ms(held) == figures.latency_ms(direct)
+    assert held.get_min_value() == direct.get_min_value()
+    assert recorder.histogram is held
+    recorder.reset()
+    assert recorder.histogram.get_total_count() == 0
+
+
 def _record(m: Metrics, clock: Clock, values: list[tuple[float, float, str]]) -> None:
     for at, duration, name in values:
         clock.now = 1000.0 + at
