@@ -323,7 +323,7 @@ async def test_a_body_that_stops_coming_is_refused_and_nothing_is_written(
         + body[: len(body) // 2]
     )
     form = (
-        b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.apk\"\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.apk"\r\n'
         b"Content-Type: application/octet-stream\r\n\r\n" + b"PK" * 5000
     )
     upload = await connect(server)
