@@ -23,7 +23,8 @@ seed) and, for clock jumps, a `JumpingClock`; as an outage begins, the kinds' op
 channels are closed.
 
 Every device's task is the fleet's (one TaskGroup); an agent that fails is caught here, in
-one place, and counted (`failed`, with its error), never taking the fleet down.
+one place, and counted (`failed`, with its error), never taking the fleet down. One task of the
+fleet waits for the stop and asks each agent to stop (`Agent.request_stop`).
 """
 
 from __future__ import annotations
@@ -410,7 +411,16 @@ class Fleet:
                 group.create_task(driver.run(stop, start), name=f"kind-{driver.kind.name}")
             if any(f.type is FaultType.OUTAGE for f in self.plan.faults):
                 group.create_task(self._outages(stop), name="outages")
+            group.create_task(self._stop_agents(stop), name="stopper")
             await self._arrivals(group, stop, start)
+
+    async def _stop_agents(self, stop: asyncio.Event) -> None:
+        """One wait for the whole fleet: once `stop` is set, every started agent is asked to
+        stop (Agent.request_stop: it flushes, commits and ends); no agent waits on `stop`
+        itself (a waiter each is memory at 50,000 devices). No device starts after `stop`."""
+        await stop.wait()
+        for device in self.devices:
+            device.agent.request_stop()
 
     async def _outages(self, stop: asyncio.Event) -> None:
         """As each outage begins, close the open push channels of the kinds it hits (the
@@ -447,12 +457,12 @@ class Fleet:
                 self._fail(planned.serial, exc)
                 continue
             self.devices.append(device)
-            group.create_task(self._run_device(device, stop), name=planned.serial)
+            group.create_task(self._run_device(device), name=planned.serial)
 
-    async def _run_device(self, device: Device, stop: asyncio.Event) -> None:
+    async def _run_device(self, device: Device) -> None:
         self._running += 1
         try:
-            await device.agent.run(stop)
+            await device.agent.run()  # until _stop_agents asks it to stop
         except Exception as exc:  # noqa: BLE001 - the one place an agent's failure is caught
             device.error = f"{type(exc).__name__}: {exc}"
             self._fail(device.planned.serial, exc)

@@ -477,9 +477,10 @@ async def test_a_seeded_run_replays(tmp_path: Path) -> None:
 
 
 async def test_a_parked_agent_holds_only_its_loops(tmp_path: Path) -> None:
-    """Between check-ins an agent is its run() task and its check-in loop, waiting in one
-    clock wait: no sleeper task, no event-waiter task, no stop-watcher task."""
-    handler, _, done = script()
+    """Between check-ins a fleet's agent (stopped by request_stop()) is its run() task alone,
+    the check-in loop waiting in one clock wait: no sleeper task, no event-waiter task, no
+    stop-watcher task, no task for the loop itself."""
+    handler, _, _ = script()
     clock = FakeClock()
     changes = Changes()
     clock.observers.append(changes.notify)
@@ -496,15 +497,12 @@ async def test_a_parked_agent_holds_only_its_loops(tmp_path: Path) -> None:
     )
     before = asyncio.all_tasks()
     async with asyncio.timeout(SAFETY_S), asyncio.TaskGroup() as group:
-        group.create_task(agent.run(done), name="agent")
+        group.create_task(agent.run(), name="agent")
         await changes.until(
             lambda: agent.statistics().checkins == 1 and clock.sleeping == 1, "parked"
         )
-        assert sorted(t.get_name() for t in asyncio.all_tasks() - before) == [
-            "agent",
-            "checkin-loop",
-        ]
-        done.set()
+        assert sorted(t.get_name() for t in asyncio.all_tasks() - before) == ["agent"]
+        agent.request_stop()
 
 
 async def test_a_flag_behaves_as_an_event_and_forgets_abandoned_waits() -> None:
