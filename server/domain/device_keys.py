@@ -243,16 +243,29 @@ def issue_challenge(
     return Issued(text=base64.urlsafe_b64encode(raw).rstrip(b"=").decode(), expires_ms=expires)
 
 
+def _decoded(text: str) -> bytes | None:
+    """The bytes of a challenge as issued (version, nonce, expiry, MAC), unchecked."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == _CHALLENGE_BYTES and raw[0] == CHALLENGE_VERSION else None
+
+
+def claimed_nonce(text: str) -> bytes | None:
+    """The nonce a challenge text carries, unchecked: the store looks it up among the used ones
+    in the same read as the device's key (`open_challenge` decides whether it is genuine)."""
+    raw = _decoded(text)
+    return None if raw is None else raw[1 : 1 + NONCE_BYTES]
+
+
 def open_challenge(
     secret: bytes | None, site_uuid: str, serial: str, text: str, now_ms: int
 ) -> Opened:
     """A challenge this server issued for this site's `serial`, and unexpired; Unauthorized
     naming what is wrong otherwise. Whether it was used already is the store's to say."""
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raw = b""
-    if secret is None or len(raw) != _CHALLENGE_BYTES or raw[0] != CHALLENGE_VERSION:
+    raw = _decoded(text)
+    if secret is None or raw is None:
         raise Unauthorized("challenge: not one this server issued; ask agent/challenge")
     body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
     if not hmac.compare_digest(mac, _mac(secret, site_uuid, serial, body)):
@@ -281,8 +294,10 @@ def check_register(
     site_uuid: str,
     serial: str,
     now_ms: int,
+    used: bool = False,
 ) -> Outcome:
-    """What a register may do to the device's key (module doc); raises what refuses it."""
+    """What a register may do to the device's key (module doc); raises what refuses it. `used`:
+    the store holds the proof's challenge as used already."""
     bound = load_bound(record.key_der) if record.key_der is not None else None
     if proof is None:
         if bound is not None:
@@ -301,6 +316,8 @@ def check_register(
             f"signature: {len(proof.signature)} bytes; an Ed25519 signature is {_ED25519_SIGNATURE}"
         )
     opened = open_challenge(secret, site_uuid, serial, proof.challenge, now_ms)
+    if used:
+        raise already_used()
     if not verify(key, proof.signature, proof.challenge.encode("utf-8")):
         which = "the key bound to this device" if bound is not None else "publicKey"
         raise Unauthorized(f"signature: does not verify against {which}")

@@ -110,7 +110,8 @@ async def register(request: web.Request) -> web.Response:
     offered = device_keys.parse_public_key(body.obj.get("publicKey"))
     proof = device_keys.parse_proof(body.obj.get("challenge"), body.obj.get("signature"))
     site_uuid = caller(request).site.uuid
-    found = await keys_store.key_state(services.db, site_uuid, serial)
+    nonce = None if proof is None else device_keys.claimed_nonce(proof.challenge)
+    found = await keys_store.key_state(services.db, site_uuid, serial, nonce)
     if found.record is None:
         raise _not_saved(serial)
     now = services.clock.now_ms()
@@ -123,11 +124,8 @@ async def register(request: web.Request) -> web.Response:
             site_uuid=site_uuid,
             serial=serial,
             now_ms=now,
+            used=found.used,
         )
-        if outcome.consumed and await keys_store.challenge_used(
-            services.db, outcome.consumed.nonce
-        ):
-            raise device_keys.already_used()  # a replay is refused before it reaches the writer
     except Unauthorized as refused:
         log.info("agent.register_refused", serial=serial, reason=refused.message)
         raise

@@ -32,11 +32,12 @@ CHALLENGE_SECRET = "challenge"  # noqa: S105 - the name of a row, not a secret
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeyState:
-    """A device's key record (None: no such device in the site) and the challenge secret
-    (None: this database never issued a challenge)."""
+    """A device's key record (None: no such device in the site), the challenge secret (None:
+    this database never issued a challenge), and whether the nonce asked about is used."""
 
     record: KeyRecord | None
     secret: bytes | None
+    used: bool = False
 
 
 def _record(conn: sqlite3.Connection, site_uuid: str, serial: str) -> KeyRecord | None:
@@ -62,13 +63,16 @@ def _secret(conn: sqlite3.Connection) -> bytes | None:
 
 
 @reads
-def key_state(conn: sqlite3.Connection, site_uuid: str, serial: str) -> KeyState:
-    return KeyState(record=_record(conn, site_uuid, serial), secret=_secret(conn))
-
-
-@reads
-def challenge_used(conn: sqlite3.Connection, nonce: bytes) -> bool:
-    return _used(conn, nonce)
+def key_state(
+    conn: sqlite3.Connection, site_uuid: str, serial: str, nonce: bytes | None = None
+) -> KeyState:
+    """One read: the device's key, the secret and (given a challenge's nonce) whether it is
+    used, so a replay is refused before it reaches the writer."""
+    return KeyState(
+        record=_record(conn, site_uuid, serial),
+        secret=_secret(conn),
+        used=nonce is not None and _used(conn, nonce),
+    )
 
 
 @writes

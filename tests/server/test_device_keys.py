@@ -468,6 +468,8 @@ def test_open_challenge_checks_secret_scope_and_time() -> None:
     assert len(issued.text) == 55 and issued.expires_ms == NOW_MS + 60_000
     opened = device_keys.open_challenge(SECRET, "site", "S1", issued.text, NOW_MS)
     assert opened == device_keys.Opened(nonce=b"n" * 16, expires_ms=NOW_MS + 60_000)
+    assert device_keys.claimed_nonce(issued.text) == b"n" * 16  # what the store looks up
+    assert device_keys.claimed_nonce("hello") is None
     for secret, site, serial, now in [
         (b"t" * 32, "site", "S1", NOW_MS),
         (None, "site", "S1", NOW_MS),
