@@ -37,6 +37,7 @@ from agent.runtime.files import write_atomic
 from agent.runtime.outbox import FileOutbox, queued_events
 from agent.runtime.state import FileStateStore
 from agent.transport.client import AiohttpTransport, TlsOptions
+from midm_common.cliargs import OneLineParser
 
 log = structlog.get_logger("agent")
 COMMANDS = ("run", "status", "facts", "inventory", "snapshot")
@@ -94,9 +95,11 @@ def _settings(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="midm-agent", description="MiDM on-device agent.")
+    parser = OneLineParser(prog="midm-agent", description="MiDM on-device agent.")
     parser.add_argument("--version", action="version", version=f"midm-agent {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="{" + ",".join(COMMANDS) + "}", parser_class=OneLineParser
+    )
     run = commands.add_parser("run", help="enroll, then check in until stopped")
     _settings(run)
     run.add_argument(
