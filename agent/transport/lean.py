@@ -115,7 +115,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.closed, self.reusable = True, False
         if self.waiters and self._head_done and self._reads_to_eof():
             self._complete()  # an answer delimited by the end of the connection
         self._fail_all(_Failed(CONNECT, "the server closed the connection before answering"))
@@ -176,10 +176,13 @@ class _Connection(asyncio.Protocol):
             return
         if not self._pending:
             self.pool.loop().call_soon(self._flush)
+            self.pool.filling = self
         self._pending.append(data)
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
+        if self.pool.filling is self:
+            self.pool.filling = None
         if self.transport is not None and not self.closed:
             self.transport.write(b"".join(pending))
 
@@ -233,6 +236,7 @@ class LeanPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.filling: _Connection | None = None  # has requests to write at the turn's end
 
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop the pool runs on (its connections are bound to it), looked up once: each
@@ -287,7 +291,12 @@ class LeanPool:
         return await future
 
     def _take(self) -> _Connection | None:
-        """An idle connection still fresh, or (pipelining) a busy one with room; else None."""
+        """(Pipelining) the connection that already has requests to write at the end of this
+        turn, while it has room: the requests of one turn go in one write; else an idle
+        connection still fresh, or (pipelining, at the limit) a busy one with room; else None."""
+        filling = self.filling
+        if filling is not None and filling.reusable and len(filling.waiters) < self.pipeline:
+            return filling  # (a closed connection is never reusable)
         idle = self._idle
         while idle:
             connection = idle.pop()
