@@ -49,6 +49,7 @@ from agent.platforms.simulated import SimulatedPlatform
 from agent.protocol import Request, Response
 from agent.runtime.agent import Agent
 from agent.runtime.artifacts import ArtifactStore
+from agent.runtime.device_key import DerivedKeyStore
 from agent.runtime.memory import MemoryOutbox, MemoryStateStore
 from agent.transport.base import Download, PushChannel, Sink, Transport, no_observer
 from simulator.faulty import FaultyTransport, JumpingClock
@@ -397,6 +398,7 @@ class Fleet:
             outbox=outbox,
             rng=SplitMix64(planned.seed),
             artifacts=self.artifacts,
+            keys=DerivedKeyStore(planned.seed),  # twins of one serial: keys of their own
         )
         driver.attach(platform)
         return Device(planned, agent, platform)

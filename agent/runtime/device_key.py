@@ -8,9 +8,10 @@ refuse it until an admin re-saves the device). The key is made from 32 bytes of 
 randomness, never from the agent's seeded rng.
 
 Simulated devices (the memory state store: thousands of agents a process) keep nothing: their
-key is derived from the serial when one is needed (`DerivedKeyStore`: one slot an agent), so a
-seeded run replays, and it is not a secret (a serial is not one). Twins that share a serial
-share a key too, like devices cloned from one image after their first enrollment.
+key is derived from the serial and the device's own seed when one is needed (`DerivedKeyStore`:
+two slots an agent), so a seeded run replays, and it is not a secret. Two simulated devices that
+share a serial (twins, scenarios/duplicate-serials.toml) have keys of their own, as two devices
+in the field do: the second to register is refused, never merged with the first.
 
 `HeldKey.fresh` says the key was just made (or, for a derived key, not used yet by this agent):
 the enrollment flow then registers without a challenge, since no server can hold it yet (and
@@ -158,15 +159,19 @@ class FileKeyStore:
 
 
 class DerivedKeyStore:
-    """A simulated device's key, derived from its serial when needed (module doc)."""
+    """A simulated device's key, derived from its serial and `salt` (the device's seed) when
+    needed (module doc)."""
 
-    __slots__ = ("_used",)
+    __slots__ = ("_salt", "_used")
 
-    def __init__(self) -> None:
+    def __init__(self, salt: int = 0) -> None:
+        self._salt = salt
         self._used = False
 
     async def load_or_create(self, serial: str) -> HeldKey:
-        seed = hashlib.sha256(_DERIVED_LABEL + serial.encode("utf-8", "surrogatepass")).digest()
+        salt = (self._salt & (2**64 - 1)).to_bytes(8, "big")
+        name = serial.encode("utf-8", "surrogatepass")
+        seed = hashlib.sha256(_DERIVED_LABEL + salt + name).digest()
         fresh, self._used = not self._used, True
         return HeldKey(DeviceKey(seed), fresh=fresh)
 

@@ -189,14 +189,18 @@ async def test_an_unreadable_key_file_is_a_state_error_and_is_kept(
 
 
 async def test_simulated_keys_are_derived_from_the_serial() -> None:
-    """Memory state (the simulator): the key is derived from the serial, the same on every
-    load, fresh only the first time; another serial, another key."""
+    """Memory state (the simulator): the key is derived from the serial and the device's seed,
+    the same on every load, fresh only the first time; another serial, another key; twins (one
+    serial, two seeds), two keys."""
     store = key_store_for(MemoryStateStore())
     assert isinstance(store, DerivedKeyStore)
     first, second = await store.load_or_create("S1"), await store.load_or_create("S1")
     assert first.fresh and not second.fresh and first.key == second.key
     assert (await DerivedKeyStore().load_or_create("S2")).key != first.key
-    assert not hasattr(store, "__dict__")  # one slot an agent
+    twin = (await DerivedKeyStore(salt=2**64 - 7).load_or_create("S1")).key
+    assert twin != first.key
+    assert (await DerivedKeyStore(salt=2**64 - 7).load_or_create("S1")).key == twin
+    assert not hasattr(store, "__dict__")  # slots only
 
 
 def test_importing_the_agent_does_not_import_cryptography() -> None:

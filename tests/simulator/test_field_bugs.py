@@ -456,13 +456,15 @@ def test_restart_mid_rollout(runs: dict[str, Run]) -> None:
 
 def test_duplicate_serials(runs: dict[str, Run]) -> None:
     """15 serials on two devices each: reported at plan time, 130 agents (never merged by the
-    simulator), the server's one record per serial (15 clones scoped, not 30), the twins'
-    tokens revoked by each other; the rest of the fleet converges."""
+    simulator), the server's one record per serial (15 clones scoped, not 30), each serial's
+    second twin refused (its own key is not the bound one: §7) and trying again, never taking
+    the first twin's token; the rest of the fleet converges."""
     r = passed("duplicate-serials", runs)
     assert r["devices"]["duplicate_serials"] == 30
     assert r["devices"]["started"] == r["devices"]["planned"] == 130
     assert any(w.startswith("duplicate serials: 30 devices share 15") for w in r["warnings"])
     assert r["convergence"]["clones-scan"]["scoped"] == 15  # the server merged each pair
+    assert r["devices"]["enrolled"] == 130 - 15
     assert r["requests"]["register"]["count"] > 130
     assert r["convergence"]["stores-scan"]["applied"] == 100
 
