@@ -33,6 +33,7 @@ from agent.errors import AgentError, ConfigError, FormatError
 from agent.platforms.base import BuildInfo, HardwareInfo, Platform, gather_facts
 from agent.platforms.facts_file import load_facts, override_build, override_hardware
 from agent.runtime.agent import Agent
+from agent.runtime.device_key import FileKeyStore
 from agent.runtime.files import write_atomic
 from agent.runtime.outbox import FileOutbox, queued_events
 from agent.runtime.state import FileStateStore
@@ -238,7 +239,12 @@ async def _look(command: str, args: argparse.Namespace, config: AgentConfig) -> 
         queued = queued_events(config.state_dir / "outbox")
         values = asdict(state)
         values.pop("token")
-        values.update(enrolled=state.enrolled, queued_events=queued)
+        key = FileKeyStore(config.state_dir).load()
+        values.update(
+            enrolled=state.enrolled,
+            queued_events=queued,
+            key_fingerprint=None if key is None else key.fingerprint(),
+        )
         _print(values)
         return 0
     platform = make_platform(config)

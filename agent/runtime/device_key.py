@@ -131,10 +131,17 @@ class FileKeyStore:
         return await submit(self._load_or_create)
 
     def _load_or_create(self) -> HeldKey:  # on the writer thread
+        key = self.load()
+        if key is None:
+            return HeldKey(self._create(), fresh=True)
+        return HeldKey(key, fresh=False)
+
+    def load(self) -> DeviceKey | None:
+        """The key kept here, None when there is none yet; StateError if it cannot be read."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return HeldKey(self._create(), fresh=True)
+            return None
         except OSError as exc:
             raise StateError(f"cannot read {self.path}: {exc.strerror}") from exc
         try:
@@ -146,7 +153,7 @@ class FileKeyStore:
             ) from exc
         if self.path.stat().st_mode & 0o077:
             log.warning("device_key.too_open", path=str(self.path), wanted="0600")
-        return HeldKey(key, fresh=False)
+        return key
 
     def _create(self) -> DeviceKey:
         key = DeviceKey.generate()

@@ -71,7 +71,8 @@ def common(server: Server, tmp_path: Path) -> list[str]:
 
 
 async def test_run_once_then_status(server: Server, admin: Client, tmp_path: Path) -> None:
-    """run --once enrolls, checks in and exits 0; status shows enrollment without the token."""
+    """run --once enrolls, checks in and exits 0; status shows enrollment without the token,
+    and the fingerprint of the device key the server bound."""
     code, _, err = await agent_cli(
         "run",
         *common(server, tmp_path),
@@ -88,6 +89,8 @@ async def test_run_once_then_status(server: Server, admin: Client, tmp_path: Pat
     status = json.loads(out)
     assert code == 0 and status["enrolled"] and status["serial"] == "RIG-7"
     assert "token" not in status and status["queued_events"] == 0
+    assert status["key_fingerprint"] is not None
+    assert status["key_fingerprint"] == found["keyFingerprint"]
     assert (tmp_path / "state" / "state.json").stat().st_mode & 0o777 == 0o600
 
 
