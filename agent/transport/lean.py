@@ -17,8 +17,10 @@ waiter of its connection. An idle connection is closed after `keepalive_s` (belo
 usual 75 s) and never reused after an answer that says `Connection: close`.
 Timeouts: one sweeper per pool (not a timer per request) wakes every min(1 s, timeout/4) while
 requests are in flight: a request older than `timeout_s` fails with a timeout, and its
-connection is closed (the answers on it would no longer line up); so a timeout fires between
-`timeout_s` and 1.25x that. Errors, as AiohttpTransport reports them to the observer: a
+connection is closed (the answers on it would no longer line up), and a request still queued
+for a connection after `timeout_s` fails with a timeout too (no timer or timeout object per
+queued request: at 200 agents on 64 slots, a third of them wait there); so a timeout fires
+between `timeout_s` and 1.25x that. Errors, as AiohttpTransport reports them to the observer: a
 connection refused or unreachable is TransportError with the OSError's name
 (ConnectionRefusedError); a connection lost before the answer "ServerDisconnectedError";
 a malformed answer "ClientPayloadError"; no answer in time "timeout". Pipelining is off
@@ -230,7 +232,10 @@ class LeanPool:
         self.limit, self.pipeline, self.keepalive_s = limit, pipeline, keepalive_s
         self._connections: set[_Connection] = set()
         self._idle: list[_Connection] = []  # LIFO
-        self._queue: collections.deque[asyncio.Future[_Connection]] = collections.deque()
+        # requests waiting for a connection (FIFO), each with its deadline (loop time)
+        self._queue: collections.deque[tuple[asyncio.Future[_Connection], float]] = (
+            collections.deque()
+        )
         self._opening = 0
         self._background: set[asyncio.Task[None]] = set()  # connections opened for the queue
         self._sweeper: asyncio.TimerHandle | None = None
@@ -321,12 +326,14 @@ class LeanPool:
             raise _Failed("ClientConnectionError", "the transport pool is closed")
         if len(self._connections) + self._opening < self.limit:
             return await self._open(loop)
+        # the sweeper fails it with TimeoutError past its deadline: no timer of its own
         waiter: asyncio.Future[_Connection] = loop.create_future()
-        self._queue.append(waiter)
+        self._queue.append((waiter, loop.time() + self.timeout_s))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await waiter
-        except TimeoutError:
+            return await waiter
+        except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():  # handed over as the wait ended
                 self.release(waiter.result())
             raise
@@ -360,7 +367,7 @@ class LeanPool:
             self._wake_one()
             return
         while self._queue:
-            waiter = self._queue.popleft()
+            waiter, _ = self._queue.popleft()
             if not waiter.done():
                 waiter.set_result(connection)
                 return
@@ -376,7 +383,7 @@ class LeanPool:
         """A queued request takes a slot freed by a closed connection (it opens its own)."""
         if not self._queue or len(self._connections) + self._opening >= self.limit:
             return
-        waiter = self._queue.popleft()
+        waiter, _ = self._queue.popleft()
         if not waiter.done():
             task = asyncio.get_running_loop().create_task(self._open_for(waiter))
             self._background.add(task)
@@ -400,12 +407,18 @@ class LeanPool:
         return min(1.0, self.timeout_s / 4)
 
     def _sweep(self) -> None:
-        """Fail requests past their deadline (closing their connections); close stale idle
-        connections; run again while anything is in flight or idle."""
+        """Fail requests past their deadline (closing their connections) and queued ones
+        past theirs (TimeoutError); close stale idle connections; run again while anything is
+        in flight, queued or idle."""
         self._sweeper = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        busy = False
+        queue = self._queue
+        while queue and queue[0][1] <= now:  # FIFO, one timeout: deadlines in order
+            waiter, _ = queue.popleft()
+            if not waiter.done():
+                waiter.set_exception(TimeoutError())
+        busy = bool(queue)
         for connection in list(self._connections):
             if connection.waiters:
                 busy = True
@@ -428,7 +441,7 @@ class LeanPool:
             connection.close()
         self._idle.clear()
         while self._queue:
-            waiter = self._queue.popleft()
+            waiter, _ = self._queue.popleft()
             if not waiter.done():
                 waiter.set_exception(_Failed("ClientConnectionError", "the pool was closed"))
         await asyncio.sleep(0)  # let the transports call connection_lost

@@ -42,6 +42,7 @@ class Script:
     release: asyncio.Event = field(default_factory=asyncio.Event)
     slow: int = 0  # /slow requests held now
     two_held: asyncio.Event = field(default_factory=asyncio.Event)
+    one_held: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def answer(body: bytes, *extra: bytes) -> bytes:
@@ -89,6 +90,7 @@ async def raw_server() -> AsyncIterator[Script]:
                     return
                 elif path == b"/slow":
                     script.slow += 1
+                    script.one_held.set()
                     if script.slow == 2:
                         script.two_held.set()
                     await script.release.wait()
@@ -151,6 +153,27 @@ async def test_connection_limit_queues_the_rest(raw_server: Script) -> None:
         answers = await asyncio.gather(*tasks)
     assert [a.body for a in answers] == [b"slow"] * 6
     assert raw_server.most_open == 2
+
+
+async def test_a_request_queued_past_its_deadline_times_out(raw_server: Script) -> None:
+    """A request waiting for a connection has no timer of its own: the pool's sweeper fails it
+    once its deadline passed (here moved to the past, then one sweep), as a timeout; the held
+    request is still answered."""
+    async with LeanFleetTransports(raw_server.url, limit=1) as fleet:
+        transport, pool = fleet.transport(), fleet.pool
+        held = asyncio.create_task(transport.send(get("/slow")))
+        async with asyncio.timeout(60):  # a safety bound, not a timing
+            await raw_server.one_held.wait()  # the one connection is busy
+        queued = asyncio.create_task(transport.send(get("/echo")))
+        await asyncio.sleep(0)  # one turn: it is in the queue
+        assert len(pool._queue) == 1
+        waiter, _ = pool._queue[0]
+        pool._queue[0] = (waiter, 0.0)
+        pool._sweep()
+        with pytest.raises(TransportError, match="no answer"):
+            await queued
+        raw_server.release.set()
+        assert (await held).body == b"slow"
 
 
 async def test_an_answer_that_closes_is_not_reused(raw_server: Script) -> None:
