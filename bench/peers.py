@@ -25,11 +25,17 @@ wait); each also with 1 device/user, so per connection = (RSS(N) - RSS(1)) / (N 
 
 A tool that is not installed is reported `skipped` with the reason (locust: pip install -e
 '.[bench]'; wrk: apt-get install wrk); the rest still run. Targets (issue 13): midm-sim with the
-full agent logic >= 3x Locust and >= 0.25x wrk per CPU-second. Measured here (2 shared cores,
-load average 2.5-3.7), per CPU-second: midm-sim lean 14,272 (p50 5.4 ms, p99 106 ms), midm-sim
-on aiohttp 4,794, Locust 7,078 (p50 9 ms, p99 48 ms), wrk 123,853 (p50 1.4 ms, p99 23.7 ms):
-2.0x Locust and 0.115x wrk (not met); at 10,000 held connections 23.2 KB per device (an agent
-and its WebSocket) against Locust's 15.9 KB per user (a keep-alive connection).
+full agent logic >= 3x Locust and >= 0.25x wrk per CPU-second. Measured here (2 shared cores, load
+average 1.1-4.6, --repeat 3), per CPU-second: midm-sim lean 21,705 (runs 22,637, 21,010, 21,705;
+p50 3.3 ms, p99 17.7 ms), midm-sim on aiohttp 6,323, Locust 7,573 (runs 7,573, 9,347, 7,406; p50 8
+ms, p99 32 ms), wrk 125,330 (p50 0.8 ms, p99 2.8 ms): 2.87x Locust and 0.173x wrk (neither target
+met; the code before this round, same day: 17,236, 2.21x and 0.143x). py-spy on the worker: ~40 %
+of its CPU is the agent's own logic (the cycle, the check-in, the outbox flush, the profile pass,
+the clock wait), ~18 % the protocol's JSON and dataclasses, ~15 % the lean pool, ~12 % the socket
+reads and writes, ~10 % the observer and its histograms, ~5 % the event loop: at ~46 us a check-in,
+0.25x wrk (wrk: ~8 us a request) needs ~32 us, 30 % less, and the agent's logic alone is ~18 us. At
+10,000 held connections 22.9 KB per device (an agent and its WebSocket) against Locust's 15.9 KB
+per user (a keep-alive connection).
 """
 
 from __future__ import annotations

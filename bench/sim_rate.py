@@ -29,11 +29,12 @@ lag's curve, and the highest fraction whose send-lag p99 stays under 10 ms.
 Target (issue 13): send-lag p99 under 10 ms at 80 % of the rate.
 The load average before and after is in the JSON.
 
-Measured here (2 shared cores, load average 1.3-2.2): 17,630 check-ins per CPU-second on the
-lean transport (one whole core), 6,765 on aiohttp's client. Paced, a check-in costs more CPU
-than in the closed loop (a request per write and per wake-up instead of batches: ~90 us against
-~57 us), so 80 % of that rate (14,100/s asked) saturates the worker: 10,243/s made, send-lag p99
-18 ms (not met); 60 %: 14 ms, 40 %: 16 ms, 20 % (3,536/s): 4 ms.
+Measured here (2 shared cores, load average 1.0-1.9): 21,210 check-ins per CPU-second on the
+lean transport (runs 19,839, 21,210, 21,445; 17,630 before this round), 5,492 on aiohttp's
+client. Paced, a check-in still costs more CPU than in the closed loop (fewer requests share a
+write and a wake-up: ~74 us against ~47 us), so 80 % of that rate (16,968/s asked) saturates the
+worker: 13,455/s made at 99 % of a core, send-lag p99 16 ms (not met); 60 %: 11 ms, 40 %: 13 ms,
+20 % (4,242/s): 2 ms.
 """
 
 from __future__ import annotations
