@@ -1,7 +1,8 @@
 """The thundering herd after an outage, read off a run's timeline (pure).
 
 When a target comes back after an outage, every device that failed meanwhile comes back too;
-backoff with full jitter is meant to spread them out. `herd()` measures how well it did, for
+the agents' retry rule (agent/core/backoff.py: no more often than the check-in interval after
+one quick retry) is meant to spread them out. `herd()` measures how well it did, for
 each `outage` fault of the plan that ends before the run does:
 
 - `steady_rps`: the mean rate of served requests (requests minus errors) over the timeline's
