@@ -96,6 +96,10 @@ PARSE_TIMEOUT_S = 60.0  # one upload's parse in the worker (real APKs: under 5 s
 PARSER_START_TIMEOUT_S = 60.0  # a new worker's start (forkserver, imports) on a loaded machine
 PARSER_WATCHDOG_S = 1.0  # how often the worker checks that the server process still exists
 
+# --- Writes (server.store.db) ------------------------------------------------------------------
+WRITE_GROUP = 256  # writes committed together at most (one fsync): a burst of inventories costs
+# N/256 commits, and one group's transaction stays short (the readers are never held by it: WAL)
+
 # --- Downloads (server.domain.ranges) ----------------------------------------------------------
 RANGE_MAX_DIGITS = 18  # digits of a Range position read as a number; longer means "past any
 # file" (10^18 bytes), never int() of 5,000 digits

@@ -4,9 +4,12 @@ logs them under the response's uq."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -92,3 +95,74 @@ async def test_a_database_failure_in_a_request_is_50000_logged_under_its_uq(
     failed = [e for e in logs if e["event"] == "request.failed"]
     assert len(failed) == 1 and failed[0]["uq"] == reply.body["uq"]
     assert "no such table: app_inventory" in failed[0]["cause"]
+
+
+# -- group commit ------------------------------------------------------------------------------
+
+
+async def _queue_behind_a_held_write(
+    db: Database, writes_behind: list[Any]
+) -> tuple[threading.Event, asyncio.Task[Any], list[asyncio.Task[Any]]]:
+    """A first write that holds the writer until released, and `writes_behind` (awaitables)
+    queued while it holds: they then form the next group."""
+    started, release = threading.Event(), threading.Event()
+
+    def held(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO sites (uuid, name, created) VALUES ('held', 'held', 0)")
+        started.set()
+        release.wait()
+        return "held"
+
+    first = asyncio.create_task(db.write(held))
+    await asyncio.to_thread(started.wait)
+    behind = [asyncio.ensure_future(w) for w in writes_behind]
+    await asyncio.sleep(0)  # one turn: each queued write is in the waiting list
+    return release, first, behind
+
+
+async def test_waiting_writes_commit_together_each_all_or_nothing(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes queued while the writer is busy run as one group (one COMMIT); one that fails
+    among them is undone alone and its caller gets its error; the others' writes are kept and
+    each caller gets its own result."""
+    groups: list[int] = []
+    commit_group = db._commit_group
+
+    def counted(group: list[Any]) -> None:
+        groups.append(len(group))
+        commit_group(group)
+
+    monkeypatch.setattr(db, "_commit_group", counted)
+    names = [f"s{i:02}" for i in range(20)]
+    queued = [add_site_then_fail(db, n) if n == "s07" else add_site(db, n) for n in names]
+    release, first, behind = await _queue_behind_a_held_write(db, queued)
+    release.set()
+    assert await first == "held"
+    results = await asyncio.gather(*behind, return_exceptions=True)
+    assert groups == [1, 20]
+    assert isinstance(results[7], InvalidField)
+    assert [r for i, r in enumerate(results) if i != 7] == [n for n in names if n != "s07"]
+    stored = [name for name, _ in await site_names(db)]
+    assert stored == sorted(["held", *(n for n in names if n != "s07")])
+
+
+async def test_an_error_that_ends_the_transaction_fails_the_whole_group(db: Database) -> None:
+    """When one write's SQLite error ends the transaction (as a full disk or an I/O error
+    does), every write of its group fails with a StoreFailed and none of them is written; the
+    next write works."""
+
+    def ends_it(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO sites (uuid, name, created) VALUES ('x', 'x', 0)")
+        conn.execute("ROLLBACK")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    queued = [add_site(db, "before"), db.write(ends_it), add_site(db, "after")]
+    release, first, behind = await _queue_behind_a_held_write(db, queued)
+    release.set()
+    await first
+    results = await asyncio.gather(*behind, return_exceptions=True)
+    assert all(isinstance(r, StoreFailed) for r in results), results
+    assert "disk I/O error" in str(results[1])
+    assert [name for name, _ in await site_names(db)] == ["held"]
+    assert await add_site(db, "later") == "later"
