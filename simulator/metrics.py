@@ -7,8 +7,9 @@ a late generator cannot hide the server's slowness (coordinated omission). Laten
 HDR histogram per endpoint (microseconds) with counts and errors by class; a second row of the
 timeline (real seconds since `origin`) counts device requests and errors and keeps its own
 histogram (p99 over time); each through a figures.Recorder (counted by bucket, added to the
-histogram when read: exact, and cheap per exchange). `device_event()` hears the agents' profile events: a device has applied
-a profile at the time of its profile `applied` event; convergence is measured from the profile's
+histogram when read: exact, and cheap per exchange). `device_event()` hears the agents' profile
+events: a device has applied a profile at the time of its profile `applied` event; convergence
+is measured from the profile's
 first save (`profile_saved()`). The generator's health: process CPU and RSS, and the event loop's
 send lag (a probe task's scheduled wake-up vs the actual, on the real loop; the exchanges'
 lateness is kept beside it): a p99 above 10 ms marks the run `saturated`.
