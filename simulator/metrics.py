@@ -9,10 +9,10 @@ timeline (real seconds since `origin`) counts device requests and errors and kee
 histogram (p99 over time); each through a figures.Recorder (counted by bucket, added to the
 histogram when read: exact, and cheap per exchange). `device_event()` hears the agents' profile
 events: a device has applied a profile at the time of its profile `applied` event; convergence
-is measured from the profile's
-first save (`profile_saved()`). The generator's health: process CPU and RSS, and the event loop's
-send lag (a probe task's scheduled wake-up vs the actual, on the real loop; the exchanges'
-lateness is kept beside it): a p99 above 10 ms marks the run `saturated`.
+is measured from the profile's first save (`profile_saved()`). The generator's health: process
+CPU and RSS, and the event loop's send lag (a probe task's scheduled wake-up vs the actual, on
+the real loop; the exchanges' lateness is kept beside it): a p99 above 10 ms marks the run
+`saturated`.
 
 `snapshot()` freezes everything into a MetricsSnapshot of JSON values (histograms encoded), and
 `merge(snapshots)` adds shards' snapshots exactly (counts added, histograms added). Workers that
