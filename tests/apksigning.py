@@ -6,7 +6,6 @@ Nothing here is secret: throwaway test keys."""
 from __future__ import annotations
 
 import base64
-import datetime
 import functools
 import hashlib
 import io
@@ -17,10 +16,10 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 
+from tests.certs import private_key, self_signed
 from tests.helpers import APKS
 
 V2, V3 = 0x7109871A, 0xF05368C0
@@ -69,24 +68,8 @@ class Identity:
 @functools.cache
 def identity(kind: str, name: str = "test") -> Identity:
     """A key of `kind` (rsa, ec, dsa) and its self-signed certificate (cached per process)."""
-    if kind == "rsa":
-        key: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    elif kind == "ec":
-        key = ec.generate_private_key(ec.SECP256R1())
-    else:
-        key = dsa.generate_private_key(key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} {kind}")])
-    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=36500))
-        .sign(key, hashes.SHA256())
-    )
+    key = private_key(kind)
+    cert = self_signed(key, f"{name} {kind}", days=36500)
     return Identity(key=key, cert_der=cert.public_bytes(serialization.Encoding.DER))
 
 

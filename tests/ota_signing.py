@@ -8,7 +8,6 @@ comment_size u16le]`, signature_start counting from the end of the file to the b
 
 from __future__ import annotations
 
-import datetime
 import functools
 import io
 import zipfile
@@ -18,7 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
+
+from tests.certs import private_key, self_signed
 
 MESSAGE = b"signed by SignApk"
 
@@ -44,23 +44,8 @@ class Signer:
 @functools.cache
 def signer(name: str, kind: str = "rsa") -> Signer:
     """A self-signed certificate and its key (made once per name and kind per process)."""
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    if kind == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
+    key = private_key(kind)
+    cert = self_signed(key, name)
     return Signer(key, cert)
 
 
