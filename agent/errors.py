@@ -43,7 +43,12 @@ class TransportError(AgentError):
 
 
 class PushClosed(TransportError):
-    pass
+    """The push channel ended; `code` is the WebSocket close code when the server sent one
+    (1001: the server is going away, its shutdown)."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PushRefused(PushClosed):

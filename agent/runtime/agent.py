@@ -47,6 +47,7 @@ from agent.errors import (
     NotFound,
     PlatformError,
     ProtocolError,
+    PushClosed,
     PushRefused,
     TransportError,
     Unauthorized,
@@ -88,6 +89,7 @@ class _HotLogger:
 hot_log = _HotLogger()
 EVENT_BATCH = 100
 RECHECK_S = 15.0
+GOING_AWAY = 1001  # the push channel's close code (RFC 6455) of a server shutting down
 MAX_STEPS = 8  # image steps (a partial chain) applied in one cycle at most
 
 
@@ -607,6 +609,11 @@ class Agent:
                             attempt, renewed = 0, True
             except TransportError as exc:
                 log.info("push.closed", device=self.state.serial, reason=str(exc))
+                if isinstance(exc, PushClosed) and exc.code == GOING_AWAY:
+                    # a shutdown closes every channel at once: no quick retry, which would
+                    # bring the whole fleet back in the same second; the check-ins, spread
+                    # over their interval, bring each channel back
+                    attempt = max(attempt, 1)
             finally:
                 self.push_connected = False
             attempt += 1

@@ -92,7 +92,8 @@ class AiohttpPush:
                     yield value
             elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
                 break
-        raise PushClosed(f"push channel closed (code {self.socket.close_code})")
+        code = self.socket.close_code
+        raise PushClosed(f"push channel closed (code {code})", code=code)
 
 
 class AiohttpTransport:

@@ -36,10 +36,11 @@ class Sent:
 
 class MockPush:
     """A push channel fed by the test: `send()` a message (JSON-encoded, as a server would),
-    `send_raw()` any text, `close()` to end it with PushClosed."""
+    `send_raw()` any text, `close()` to end it with PushClosed (with the close `code` given)."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.close_code: int | None = None
 
     def send(self, message: Mapping[str, Any]) -> None:
         self.queue.put_nowait(json.dumps(message))
@@ -47,7 +48,8 @@ class MockPush:
     def send_raw(self, text: str) -> None:
         self.queue.put_nowait(text)
 
-    def close(self) -> None:
+    def close(self, code: int | None = None) -> None:
+        self.close_code = code
         self.queue.put_nowait(None)
 
     async def messages(self) -> AsyncIterator[dict[str, Any]]:
@@ -55,7 +57,7 @@ class MockPush:
             message = protocol.decode_push(data)
             if message is not None:
                 yield message
-        raise PushClosed("mock push channel closed")
+        raise PushClosed("mock push channel closed", code=self.close_code)
 
 
 class MockTransport:
