@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.clock import Clock
-from agent.protocol import Request, Response
+from agent.protocol import Request, Response, slot_setters
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +33,26 @@ class Exchange:
     def lateness(self) -> float:
         """How long after the intended time the exchange began."""
         return self.started - self.intended
+
+
+_EXCHANGE_SETTERS = slot_setters(
+    Exchange, "name", "intended", "started", "duration", "status", "error"
+)
+
+
+def exchange(
+    name: str, intended: float, started: float, duration: float, status: int, error: str | None
+) -> Exchange:
+    """`Exchange(name=name, ...)`, made ~3x faster (one a request: see protocol.slot_setters)."""
+    value = Exchange.__new__(Exchange)
+    set_name, set_intended, set_started, set_duration, set_status, set_error = _EXCHANGE_SETTERS
+    set_name(value, name)
+    set_intended(value, intended)
+    set_started(value, started)
+    set_duration(value, duration)
+    set_status(value, status)
+    set_error(value, error)
+    return value
 
 
 class Observer(Protocol):
@@ -105,14 +125,17 @@ def report(
     status: int,
     error: str | None,
 ) -> None:
-    """Tell `observer` how an exchange that began at `started` ended (now, on `clock`)."""
+    """Tell `observer` how an exchange that began at `started` ended (now, on `clock`); nothing
+    is made for `no_observer` (a rig's or a single agent's transport)."""
+    if observer is no_observer:
+        return
     observer(
-        Exchange(
-            name=name,
-            intended=started if intended is None else intended,
-            started=started,
-            duration=clock.monotonic() - started,
-            status=status,
-            error=error,
+        exchange(
+            name,
+            started if intended is None else intended,
+            started,
+            clock.monotonic() - started,
+            status,
+            error,
         )
     )

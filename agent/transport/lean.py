@@ -147,10 +147,8 @@ class _Connection(asyncio.Protocol):
 
     def _complete(self) -> None:
         status = self._parser.get_status_code()
-        response = Response(
-            status=status,
-            body=self._body[0] if len(self._body) == 1 else b"".join(self._body),
-            headers=self._headers,
+        response = protocol.response(
+            status, self._body[0] if len(self._body) == 1 else b"".join(self._body), self._headers
         )
         self._headers, self._body, self._head_done = {}, [], False
         if not self.waiters:  # an answer nobody asked for: the stream is out of step
