@@ -401,6 +401,9 @@ class Metrics:
         self._usage = usage
         self._cpu_at_start = usage().cpu_s
         self._endpoints: dict[str, _Endpoint] = {}
+        # exchange name -> its endpoint, whether it is an admin call, whether a download: looked
+        # up once a name (a fleet has a handful), not three calls an exchange
+        self._by_name: dict[str, tuple[_Endpoint, bool, bool]] = {}
         self._rows: list[SecondSnapshot] = []
         self._row = _Row(t=0)
         self._last: tuple[int, float | None] = (0, None)  # the last whole second: rps, p99
@@ -422,20 +425,29 @@ class Metrics:
         if exchange.status == 0 and exchange.error is None:  # cancelled: the run is stopping
             self._cancelled += 1
             return
-        key = figures.endpoint_key(exchange.name)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            endpoint = self._endpoints[key] = _Endpoint()
-        lateness = max(0.0, exchange.started - exchange.intended) / self._scale
+        known = self._by_name.get(exchange.name)
+        if known is None:
+            key = figures.endpoint_key(exchange.name)
+            endpoint = self._endpoints.get(key)
+            if endpoint is None:
+                endpoint = self._endpoints[key] = _Endpoint()
+            known = self._by_name[exchange.name] = (endpoint, figures.is_admin(key), key == "file")
+        endpoint, admin, download = known
+        started, intended = exchange.started, exchange.intended
+        lateness = max(0.0, started - intended) / self._scale
         latency = lateness + exchange.duration / self._scale
         endpoint.latency.record(latency)
         endpoint.count += 1
-        if exchange.started != exchange.intended:
+        if started != intended:
             self._lateness.record(lateness)
-        error = figures.classify(exchange.status, exchange.error)
+        error = (
+            None
+            if exchange.error is None and exchange.status < 400
+            else figures.classify(exchange.status, exchange.error)
+        )
         if error is not None:
             endpoint.errors[error] = endpoint.errors.get(error, 0) + 1
-        if figures.is_admin(key):
+        if admin:
             return
         row = self._current_row()
         row.requests += 1
@@ -443,7 +455,7 @@ class Metrics:
         if error is not None:
             row.errors += 1
             self._errors += 1
-        if key != "file":
+        if not download:
             row.latency.record(latency)
 
     def device_event(self, serial: str, event: Mapping[str, Any]) -> None:
