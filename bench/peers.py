@@ -23,6 +23,13 @@ its push channel (a WebSocket to the endpoint; check-ins every 60 s on the share
 Locust holding that many users each with its keep-alive connection (one request, then a 60 s
 wait); each also with 1 device/user, so per connection = (RSS(N) - RSS(1)) / (N - 1).
 
+Issue 13, protocol round (per-request values made through their slots, the check-in reply made
+once per distinct answer, the observer's name lookups cached), back to back with the code before
+(--held 0 --repeat 3, load average 0.8-1.3): midm-sim lean 22,968 -> 25,331 per CPU-second
+(p50 3.3 -> 2.9 ms, p99 5.9 -> 4.7 ms); Locust in the same runs 9,037 and 9,338 (above the 7,573
+measured earlier: Locust varies run to run on this machine), so 2.54x -> 2.71x Locust and
+0.180x -> 0.198x wrk (128,239): neither target met against this Locust (3.3x the earlier one).
+
 A tool that is not installed is reported `skipped` with the reason (locust: pip install -e
 '.[bench]'; wrk: apt-get install wrk); the rest still run. Targets (issue 13): midm-sim with the
 full agent logic >= 3x Locust and >= 0.25x wrk per CPU-second. Measured here (2 shared cores, load
