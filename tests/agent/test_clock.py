@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -390,16 +391,30 @@ async def test_scaled_clock_waits_on_flags_share_one_timer() -> None:
 
 
 async def test_scaled_clock_waits_the_plain_way_on_events_and_other_loops() -> None:
-    """An asyncio.Event (not a Flag), or a clock first used on another loop, waits with
-    asyncio.timeout and no heap entry."""
+    """An asyncio.Event (not a Flag), or a clock whose heap is bound to a loop still running in
+    another thread, waits with asyncio.timeout and no heap entry here; once that loop is
+    closed, the heap is made again on the loop that waits."""
     clock = ScaledClock(1e6)
     event = asyncio.Event()
     assert await clock.wait_for(event, 1.0) is False
     assert clock._waits is None
-    # its heap bound to a loop in another thread, then used here: the plain way here
-    assert await asyncio.to_thread(asyncio.run, clock.wait_for(Flag(), 1.0)) is False
-    assert clock._waits is not None and clock._waits.loop is not asyncio.get_running_loop()
+    bound, release = threading.Event(), threading.Event()
+
+    async def hold_a_loop() -> None:
+        assert await clock.wait_for(Flag(), 1.0) is False  # binds the heap to this loop
+        bound.set()
+        await asyncio.to_thread(release.wait)
+
+    other = asyncio.create_task(asyncio.to_thread(asyncio.run, hold_a_loop()))
+    assert await asyncio.to_thread(bound.wait, 60)
+    theirs = clock._waits
+    assert theirs is not None and theirs.loop is not asyncio.get_running_loop()
+    assert await clock.wait_for(Flag(), 1.0) is False  # the plain way: their heap untouched
+    assert clock._waits is theirs and theirs._heap == []
+    release.set()
+    await other  # their loop is closed now
     assert await clock.wait_for(Flag(), 1.0) is False
+    assert clock._waits is not theirs and clock._waits.loop is asyncio.get_running_loop()
     assert clock._waits._heap == []
 
 
