@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,6 +24,7 @@ from agent.models import (
     PowerState,
     ProfileEvent,
 )
+from midm_common import wirejson
 
 API_KEY_HEADER = "X-API-Key"
 AUTHORIZATION = "Authorization"
@@ -222,14 +222,12 @@ CONTENT_TYPE = "Content-Type"
 JSON_TYPE = "application/json"
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
-
-
 def encode_body(request: Request) -> bytes | None:
-    """The bytes every transport sends for the request's body (compact JSON), or None."""
+    """The bytes every transport sends for the request's body (compact JSON, UTF-8:
+    midm_common.wirejson), or None."""
     if request.body is None:
         return None
-    return _COMPACT.encode(request.body).encode()
+    return wirejson.dumps(request.body)
 
 
 def wire_headers(request: Request, body: bytes | None) -> dict[str, str]:
@@ -244,8 +242,8 @@ def decode_push(data: str | bytes) -> dict[str, Any] | None:
     """A push message (a JSON object such as {"type": "sync"}); None for anything else, which
     the agent ignores."""
     try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        value = wirejson.loads(data)
+    except wirejson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -263,8 +261,8 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 def decode(response: Response, what: str) -> Any:
     """The `data` of a success envelope; raise ApiError or ProtocolError otherwise."""
     try:
-        envelope = json.loads(response.body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        envelope = wirejson.loads(response.body)
+    except wirejson.JSONDecodeError as exc:
         snippet = response.body[:80].decode("utf-8", "replace").strip()
         kind = "an HTML page" if snippet.lower().startswith(("<!doctype", "<html")) else "not JSON"
         raise ProtocolError(

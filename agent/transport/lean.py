@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 from urllib.parse import urlencode, urlsplit
 
 import httptools
@@ -51,7 +50,6 @@ from agent.transport.client import SYSTEM_CLOCK, AiohttpTransport, Endpoint, Tls
 from agent.transport.fleet import KEEPALIVE_S, FleetTransports
 
 DEFAULT_LIMIT = 256  # connections to the origin at most
-REUSED_BODIES = 8  # check-in bodies whose encoding a fleet keeps (one or a few a device kind)
 USER_AGENT = "midm-fleet"
 CONNECT = "ServerDisconnectedError"  # the error name of a connection lost mid-answer
 MALFORMED = "ClientPayloadError"
@@ -471,7 +469,7 @@ class LeanTransport:
         clock = self.clock
         name = request.name or request.path
         pool = self.fleet.pool
-        body = self.fleet.encode_body(request)
+        body = protocol.encode_body(request)
         status, error = 0, None
         started = clock.monotonic()
         try:
@@ -564,28 +562,6 @@ class LeanFleetTransports:
             keepalive_s=keepalive_s,
         )
         self._aiohttp: FleetTransports | None = None
-        self._bodies: list[tuple[Any, bytes]] = []  # (a check-in body, its bytes), newest first
-
-    def encode_body(self, request: Request) -> bytes | None:
-        """`protocol.encode_body(request)`, except that a check-in body equal to one encoded
-        recently reuses its bytes: a device sends the same body until its facts change, and a
-        kind's devices all send one body (a check-in carries no serial). Comparing dicts is C
-        and ~10x cheaper than encoding. Exact because a check-in's fields each have one wire
-        type (protocol.checkin_body from typed facts: 1 and True never meet in one field); the
-        kept body is decoded from the bytes, so no caller's later change can reach it."""
-        if request.name != "checkin" or request.body is None:
-            return protocol.encode_body(request)
-        body, bodies = request.body, self._bodies
-        for i, (seen, data) in enumerate(bodies):
-            if seen == body:
-                if i:
-                    bodies.insert(0, bodies.pop(i))
-                return data
-        encoded = protocol.encode_body(request)
-        assert encoded is not None
-        bodies.insert(0, (json.loads(encoded), encoded))
-        del bodies[REUSED_BODIES:]
-        return encoded
 
     @property
     def aiohttp(self) -> FleetTransports:

@@ -7,7 +7,6 @@ transport meets is in test_transports.py and test_fleet_transport.py, run for th
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
 import ipaddress
 import ssl
@@ -22,12 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent import protocol
 from agent.errors import ConfigError, TransportError
 from agent.protocol import Request
 from agent.transport.base import Exchange
 from agent.transport.client import TlsOptions
-from agent.transport.lean import REUSED_BODIES, LeanFleetTransports, LeanPool
+from agent.transport.lean import LeanFleetTransports, LeanPool
 
 
 @dataclass
@@ -249,27 +247,6 @@ async def test_request_bytes_carry_prefix_query_and_length(raw_server: Script) -
     head = raw_server.requests[0].split(b"\r\n")
     assert head[0] == b"PUT /echo/base/x?a=1+2 HTTP/1.1"
     assert b"Content-Length: 3" in head and b"Content-Type: application/json" in head
-
-
-def test_equal_checkin_bodies_reuse_their_bytes_exactly() -> None:
-    """A check-in body equal to a recent one is sent as the same bytes protocol.encode_body
-    makes; the kept copy is the fleet's own (a caller changing its dict later changes nothing);
-    other requests are encoded each time; at most REUSED_BODIES are kept."""
-    fleet = LeanFleetTransports("http://127.0.0.1:1")
-    body = {"states": {"rtcEnabled": False}, "power": {"ac": True, "battery": 55.5}, "x": "\u00e9"}
-    first = Request(method="POST", path="/c", name="checkin", body=copy.deepcopy(body))
-    encoded = fleet.encode_body(first)
-    assert encoded == protocol.encode_body(first)
-    first.body["states"]["rtcEnabled"] = True  # the caller's dict: not the one kept
-    again = Request(method="POST", path="/c", name="checkin", body=copy.deepcopy(body))
-    assert fleet.encode_body(again) is encoded
-    changed = Request(method="POST", path="/c", name="checkin", body={**body, "x": "y"})
-    assert fleet.encode_body(changed) == protocol.encode_body(changed) != encoded
-    events = Request(method="POST", path="/e", name="events", body=[{"id": "1"}])
-    assert fleet.encode_body(events) == protocol.encode_body(events)
-    for n in range(2 * REUSED_BODIES):
-        fleet.encode_body(Request(method="POST", path="/c", name="checkin", body={"n": n}))
-    assert len(fleet._bodies) == REUSED_BODIES
 
 
 async def test_an_agents_transport_is_a_few_pointers() -> None:

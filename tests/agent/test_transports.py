@@ -117,7 +117,7 @@ async def conformance(transport: Transport) -> None:
         "method": "POST",
         "path": "/ota/api/agent/events",
         "body": [{"id": "x", "n": "é"}],
-        "bytes": '[{"id":"x","n":"\\u00e9"}]',
+        "bytes": '[{"id":"x","n":"é"}]',  # UTF-8 on the wire (midm_common.wirejson)
         "type": "application/json",
         "query": {"a": "1"},
     }
