@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -55,6 +56,8 @@ from agent.runtime.image_trust import ImageTrust
 
 log = structlog.get_logger("agent.profiles")
 MAX_ROUNDS = 10
+# what a pass with nothing to plan returns (frozen, its mapping read-only: shared)
+NOTHING_PLANNED = Plan(progress=MappingProxyType({}))
 A = TypeVar("A", ApkArtifact, OtaArtifact)
 
 # (how to build the request from the current credentials, its name) -> the answer's data
@@ -149,11 +152,11 @@ class ProfileRunner:
         """Plan and act until nothing more can be done now; returns the last plan."""
         await self.confirm_boot()
         self.checkin_needed = False
-        result = Plan()
         if not self.profiles and not self.state.progress:
             self.deferrals = ()  # no profile, no progress to wind up: nothing to plan
             self._report_deferrals(())
-            return result
+            return NOTHING_PLANNED
+        result = NOTHING_PLANNED
         for _ in range(MAX_ROUNDS):
             result = plan(
                 [(p.uuid, p.updated, p.doc) for p in self.profiles],
