@@ -572,23 +572,45 @@ def build_from_wire(
 
 
 def checkin_body(
-    facts: DeviceFacts, *, rtc_enabled: bool, inventory_hash: str | None
+    *,
+    build: BuildInfo,
+    power: PowerState,
+    network: str,
+    sleeping: bool,
+    rtc_enabled: bool,
+    inventory_hash: str | None,
 ) -> dict[str, Any]:
-    """The check-in's body (§7) from the device's facts."""
+    """The check-in's body (§7) from the device's facts (its hardware goes with the register,
+    not here)."""
     body: dict[str, Any] = {
         "states": {
             "clientVersion": CLIENT_VERSION,
             "rtcEnabled": rtc_enabled,
-            "state": "sleeping" if facts.sleeping else "online",
+            "state": "sleeping" if sleeping else "online",
         },
-        "activity": "sleeping" if facts.sleeping else "active",
-        "power": power_to_wire(facts.power),
-        "network": facts.network,
-        "build": build_to_wire(facts.build),
+        "activity": "sleeping" if sleeping else "active",
+        "power": power_to_wire(power),
+        "network": network,
+        "build": _build_on_wire(build),
     }
     if inventory_hash is not None:
         body["inventoryHash"] = inventory_hash
     return body
+
+
+_BUILDS_ON_WIRE: dict[BuildInfo, dict[str, Any]] = {}  # a fleet has a few builds
+BUILDS_KEPT = 64
+
+
+def _build_on_wire(build: BuildInfo) -> dict[str, Any]:
+    """`build_to_wire(build)`, a copy of the one made for an equal build (every check-in
+    carries it: a copy is a third of the cost of making it); at most BUILDS_KEPT are kept."""
+    wire = _BUILDS_ON_WIRE.get(build)
+    if wire is None:
+        if len(_BUILDS_ON_WIRE) >= BUILDS_KEPT:
+            _BUILDS_ON_WIRE.clear()
+        wire = _BUILDS_ON_WIRE[build] = build_to_wire(build)
+    return dict(wire)
 
 
 def inventory_report(apps: Iterable[AppRecord], inventory_hash: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from agent.errors import (
     Unauthorized,
 )
 from agent.models import AppRecord, ProfileEvent
-from agent.platforms.base import Platform, gather_facts
+from agent.platforms.base import Platform
 from agent.protocol import CheckinReply, Credentials, Request, Response
 from agent.runtime.artifacts import DOWNLOADS, ArtifactStore, DeviceArtifacts, FileArtifacts
 from agent.runtime.device_key import KeyStore, key_store_for
@@ -297,10 +297,19 @@ class Agent:
     async def checkin(self) -> CheckinReply:
         if not self.state.enrolled:
             await self.ensure_enrolled()
-        facts = await gather_facts(self.platform)
+        platform = self.platform
+        build, power = await platform.build(), await platform.power()
+        network, sleeping = await platform.network(), await platform.sleeping()
         apps = await self._inventory()
         current = self._inventory_hash(apps)
-        body = protocol.checkin_body(facts, rtc_enabled=self.push_connected, inventory_hash=current)
+        body = protocol.checkin_body(
+            build=build,
+            power=power,
+            network=network,
+            sleeping=sleeping,
+            rtc_enabled=self.push_connected,
+            inventory_hash=current,
+        )
         started = self.clock.monotonic()
         due, self._due = self._due, None  # the observer measures from the intended time
         reply = protocol.parse_checkin_reply(

@@ -16,7 +16,7 @@ from agent.core.checkin import inventory_hash
 from agent.core.enrollment import AdminLogin, enrollment
 from agent.core.rng import SplitMix64
 from agent.errors import ApiError, NotFound, ProtocolError, RateLimited, Unauthorized
-from agent.models import AppRecord, BuildInfo, DeviceFacts, HardwareInfo, PowerState
+from agent.models import AppRecord, BuildInfo, PowerState
 from agent.protocol import Credentials, Response
 
 CREDS = Credentials(api_key="k")
@@ -231,19 +231,48 @@ def test_devices_told_the_same_retry_after_do_not_return_in_lockstep() -> None:
 
 def test_checkin_body_and_inventory_hash() -> None:
     """The body carries states, power, network, build; the hash ignores app order."""
-    facts = DeviceFacts(
-        hardware=HardwareInfo(serial_no="S1"),
-        build=BuildInfo(fingerprint="f"),
-        power=PowerState(ac=False, battery=40),
+    build = BuildInfo(fingerprint="f")
+    power = PowerState(ac=False, battery=40)
+    body = protocol.checkin_body(
+        build=build,
+        power=power,
         network="wifi",
         sleeping=True,
+        rtc_enabled=True,
+        inventory_hash="h",
     )
-    body = protocol.checkin_body(facts, rtc_enabled=True, inventory_hash="h")
     assert body["states"] == {"clientVersion": 1, "rtcEnabled": True, "state": "sleeping"}
     assert body["activity"] == "sleeping" and body["power"] == {"ac": False, "battery": 40}
-    assert body["build"]["fingerprint"] == "f" and body["inventoryHash"] == "h"
+    assert body["build"] == protocol.build_to_wire(build) and body["inventoryHash"] == "h"
     a, b = AppRecord(package_name="a", version_code=1), AppRecord(package_name="b", version_code=2)
     assert inventory_hash([a, b]) == inventory_hash([b, a]) != inventory_hash([a])
+
+
+def test_checkin_bodies_share_no_dict() -> None:
+    """The build's wire form is made once per distinct build, and each body gets its own copy:
+    a caller that changes one body changes no other; a changed build is a new wire form."""
+    build = BuildInfo(fingerprint="f", build_date=1)
+
+    def body(build: BuildInfo) -> dict[str, Any]:
+        power = PowerState(ac=True, battery=None)
+        return protocol.checkin_body(
+            build=build,
+            power=power,
+            network="ethernet",
+            sleeping=False,
+            rtc_enabled=False,
+            inventory_hash=None,
+        )
+
+    first, second = body(build), body(BuildInfo(fingerprint="f", build_date=1))
+    assert first == second and first["build"] is not second["build"]
+    first["build"]["fingerprint"] = "changed"
+    assert body(build)["build"]["fingerprint"] == "f" and "inventoryHash" not in second
+    newer = body(BuildInfo(fingerprint="g", build_date=2))["build"]
+    assert (newer["fingerprint"], newer["buildDate"]) == ("g", 2)
+    for n in range(2 * protocol.BUILDS_KEPT):  # bounded: a fleet of distinct builds
+        assert body(BuildInfo(fingerprint=f"b{n}"))["build"]["fingerprint"] == f"b{n}"
+    assert len(protocol._BUILDS_ON_WIRE) <= protocol.BUILDS_KEPT
 
 
 def test_splitmix64_matches_the_reference_and_replays() -> None:
