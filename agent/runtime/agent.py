@@ -22,6 +22,8 @@ a seeded run replays. The same class runs on a rig and, thousands of times, in t
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import random
 import sys
 import uuid
@@ -84,6 +86,12 @@ class _HotLogger:
             if log.bind() is bound:  # structlog caches it: so may we
                 self._bound = bound
         return bound
+
+    def info_enabled(self) -> bool:
+        """Whether an info line goes anywhere (so that a line's values need not be made when
+        it does not); True for a logger that cannot say."""
+        enabled = getattr(self(), "is_enabled_for", None)
+        return True if enabled is None else bool(enabled(logging.INFO))
 
 
 hot_log = _HotLogger()
@@ -310,7 +318,7 @@ class Agent:
             rtc_enabled=self.push_connected,
             inventory_hash=current,
         )
-        started = self.clock.monotonic()
+        started = self.clock.monotonic() if hot_log.info_enabled() else None
         due, self._due = self._due, None  # the observer measures from the intended time
         reply = protocol.parse_checkin_reply(
             await self.send_as_device(
@@ -331,12 +339,13 @@ class Agent:
         self.state.next_checkin_s = reply.next_checkin_s
         self.state.profiles = [{"uuid": p.uuid, "updated": p.updated} for p in reply.profiles]
         self.state_store.save(self.state)
-        hot_log().info(
-            "checkin.ok",
-            device=self.state.serial,
-            profiles=len(reply.profiles),
-            ms=round((self.clock.monotonic() - started) * 1000, 1),
-        )
+        if started is not None:
+            hot_log().info(
+                "checkin.ok",
+                device=self.state.serial,
+                profiles=len(reply.profiles),
+                ms=round((self.clock.monotonic() - started) * 1000, 1),
+            )
         return reply
 
     def _inventory_hash(self, apps: list[AppRecord] | None) -> str | None:
@@ -428,13 +437,17 @@ class Agent:
     async def cycle(self) -> CheckinReply:
         """Check in, report, apply what is due, report again; after a new image runs, check in
         again (the server feeds by the reported build), a bounded number of times."""
+        profiles, outbox = self.profiles, self.outbox
         for _ in range(MAX_STEPS):
             reply = await self.checkin()
-            await self.flush()
-            await self.profiles.refresh([(p.uuid, p.updated) for p in reply.profiles])
-            await self.profiles.apply()
-            await self.flush()
-            if not self.profiles.checkin_needed:
+            if outbox.count():  # (the usual cycle has nothing to send: no flush to await)
+                await self.flush()
+            if reply.profiles or profiles.profiles:
+                await profiles.refresh([(p.uuid, p.updated) for p in reply.profiles])
+            await profiles.apply()
+            if outbox.count():
+                await self.flush()
+            if not profiles.checkin_needed:
                 break
         return reply
 
@@ -556,16 +569,15 @@ class Agent:
             # that came while the cycle ran is not lost
             # the next check-in was meant to go at the deadline, or now if a nudge came first:
             # latency is measured from there, so a late generator shows as latency, not hidden
-            self._due = await self._wait_until(self.clock.monotonic() + delay)
+            self._due = await self._wait_until(self.clock.monotonic(), delay)
 
-    async def _wait_until(self, deadline: float) -> float:
-        """Wait until `deadline` or a nudge, whichever is first; a nudge that names a later
-        time (`_nudge_at`: a spread sync) only brings the deadline forward to that time.
+    async def _wait_until(self, now: float, delay: float) -> float:
+        """Wait `delay` from `now` or until a nudge, whichever is first; a nudge that names a
+        later time (`_nudge_at`: a spread sync) only brings the deadline forward to that time.
         Returns the time the next check-in was meant to go."""
+        deadline = now + delay
         while True:
-            nudged = await self.clock.wait_for(
-                self._nudge, max(0.0, deadline - self.clock.monotonic())
-            )
+            nudged = await self.clock.wait_for(self._nudge, max(0.0, deadline - now))
             if not nudged:
                 return deadline
             self._nudge.clear()
@@ -583,10 +595,11 @@ class Agent:
     def _recheck_delay(self) -> float:
         """Deferred work is looked at again soon: when its time comes, or every 15 s for
         conditions (AC, sleep, network) that a platform does not announce."""
-        waits = [
-            d.retry_in_s if d.retry_in_s is not None else RECHECK_S for d in self.profiles.deferrals
-        ]
-        return max(1.0, min(waits)) if waits else float("inf")
+        deferrals = self.profiles.deferrals
+        if not deferrals:
+            return math.inf
+        waits = [d.retry_in_s if d.retry_in_s is not None else RECHECK_S for d in deferrals]
+        return max(1.0, min(waits))
 
     async def _push_loop(self) -> None:
         attempt = 0
