@@ -69,9 +69,15 @@ class Flag:
         if self._set:
             future.set_result(None)
             return future
-        live = [w for w in self._waiters or () if not w.done()]  # drop cancelled waits
-        live.append(future)
-        self._waiters = live
+        waiters = self._waiters
+        if waiters is None:
+            self._waiters = [future]
+        elif len(waiters) == 1 and waiters[0].done():
+            waiters[0] = future  # the usual: one waiter, whose wait ended (its time came)
+        else:
+            live = [w for w in waiters if not w.done()]  # drop ended and cancelled waits
+            live.append(future)
+            self._waiters = live
         return future
 
 
