@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.common import emit
 from bench.minimal_endpoint import ROOT, EndpointProcess, load_average
@@ -103,11 +103,39 @@ def _percentiles(histogram: Any) -> dict[str, float | None]:
     }
 
 
+class _Checkins(NamedTuple):
+    done: int  # answered or failed
+    errors: int
+    histogram: Any  # a copy of the check-in latency histogram
+
+
+def _checkins(metrics: Any) -> _Checkins:
+    """The fleet's check-in figures so far, from the simulator's own observer."""
+    from simulator import figures
+
+    endpoint = metrics.readings().endpoints.get("checkin")
+    if endpoint is None:
+        return _Checkins(0, 0, figures.new_histogram())
+    copy = figures.decode(figures.encode(endpoint.histogram))
+    return _Checkins(endpoint.count, sum(endpoint.errors.values()), copy)
+
+
+def _between(before: Any, after: Any) -> Any:
+    """What was recorded between two copies of one histogram (exact: counts subtracted)."""
+    from simulator import figures
+
+    window = figures.new_histogram()
+    for index in range(after.counts_len):
+        count = after.counts[index] - before.counts[index]
+        if count:
+            window.record_value(after.get_value_from_index(index), count)
+    return window
+
+
 async def worker(args: argparse.Namespace) -> dict[str, Any]:
     """The fleet against the endpoint; figures over the window after the warm-up."""
     from agent.clock import ScaledClock
     from agent.runtime.artifacts import ArtifactStore
-    from agent.transport.base import Exchange
     from agent.transport.fleet import FleetTransports
     from agent.transport.lean import LeanFleetTransports
     from simulator import figures
@@ -126,20 +154,12 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
     )
     plan = expand(parse(text.encode()), 13, time_scale=args.scale)
     clock = ScaledClock(args.scale)
+    # the product's observer alone: the window's figures are read from it (counts and the
+    # check-in histogram at the window's start and end), so the bench adds no work per request
     metrics = Metrics(time.monotonic, time_scale=args.scale)
-    window = {"on": False, "checkins": 0, "errors": 0}
-    latency = figures.Recorder()
+    observe = metrics.observe
+    window = {"on": False}
     lag = figures.new_histogram()
-
-    def observe(exchange: Exchange) -> None:
-        metrics.observe(exchange)
-        if window["on"] and exchange.name == "checkin":
-            if exchange.status == 200:
-                window["checkins"] += 1
-                late = max(0.0, exchange.started - exchange.intended)
-                latency.record((late + exchange.duration) / args.scale)
-            else:
-                window["errors"] += 1
 
     async def probe(stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -177,14 +197,18 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
                 group.create_task(probe(ended))
                 await asyncio.sleep(args.warmup)
                 window["on"] = True
+                before = _checkins(metrics)
                 cpu0, wall0 = time.process_time(), time.perf_counter()
                 await asyncio.sleep(args.seconds)
                 cpu1, wall1 = time.process_time(), time.perf_counter()
+                after = _checkins(metrics)
                 window["on"] = False
                 websockets = fleet.websockets()
                 ended.set()
             stats = fleet.statistics()
-    cpu, wall, count = cpu1 - cpu0, wall1 - wall0, window["checkins"]
+    errors = after.errors - before.errors
+    cpu, wall, count = cpu1 - cpu0, wall1 - wall0, after.done - before.done - errors
+    latency = _between(before.histogram, after.histogram)
     return {
         "transport": args.transport,
         "devices": args.devices,
@@ -192,13 +216,13 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
         "interval_s": args.interval,
         "window_s": round(wall, 2),
         "checkins": count,
-        "checkin_errors": window["errors"],
+        "checkin_errors": errors,
         "cpu_s": round(cpu, 3),
         "cpu_share": round(cpu / wall, 3) if wall else None,
         "checkins_per_cpu_s": round(count / cpu) if cpu else None,
         "checkins_per_s": round(count / wall) if wall else None,
         "send_lag_ms": _percentiles(lag),
-        "checkin_latency_ms": _percentiles(latency.histogram),
+        "checkin_latency_ms": _percentiles(latency),
         "enrolled": stats.enrolled,
         "failed": stats.failed,
         "websockets_at_end": websockets,
