@@ -55,7 +55,17 @@ from bench.common import emit
 from bench.minimal_endpoint import ROOT, EndpointProcess, load_average
 
 TARGET_LAG_MS = 10.0
-SWEEP_KEYS = ("target_checkins_per_s", "checkins_per_s", "cpu_share", "send_lag_ms")
+SWEEP_KEYS = (
+    "target_checkins_per_s",
+    "checkins_per_s",
+    "delivered_fraction",
+    "cpu_share",
+    "generator_limited",
+    "send_lag_ms",
+    "checkin_latency_ms",
+)
+SUSTAINED = 0.95  # a paced run made at least this share of the check-ins asked of it
+SATURATED_CPU = 0.95  # ... and its worker used less than this share of a core
 MAX_INTERVAL_S = 1.0  # the endpoint's nextCheckinSeconds in `max`
 MAX_SCALE = 1000.0
 PACED_INTERVAL_S = 60.0
@@ -349,11 +359,17 @@ def paced(args: argparse.Namespace, rate: float, label: str) -> dict[str, Any]:
         )
         result = run_child(command, args.warmup + args.seconds + 3 * PACED_INTERVAL_S + 60)
     lag = (result.get("send_lag_ms") or {}).get("p99")
+    made, share = result.get("checkins_per_s"), result.get("cpu_share")
+    delivered = round(made / rate, 3) if made is not None and rate else None
     return {
         "paced_at": label,
         "target_checkins_per_s": round(rate),
         **result,
         "send_lag_p99_under_10ms": lag is not None and lag < TARGET_LAG_MS,
+        # the generator is the limit: it made less than asked, or used (nearly) a whole core
+        "delivered_fraction": delivered,
+        "generator_limited": (delivered is not None and delivered < SUSTAINED)
+        or (share is not None and share >= SATURATED_CPU),
     }
 
 
@@ -384,15 +400,20 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
             if baseline["checkins_per_cpu_s"]
             else None
         )
-        result["paced_80pct_of_cpu_rate"] = paced(args, 0.8 * per_cpu, "80% of per-CPU-second")
-        sweep = []
-        for fraction in sorted(args.fractions, reverse=True):
+        at_80 = paced(args, 0.8 * per_cpu, "80% of per-CPU-second")
+        result["paced_80pct_of_cpu_rate"] = at_80
+        sweep: list[dict[str, Any]] = [{"fraction": 0.8, **{k: at_80.get(k) for k in SWEEP_KEYS}}]
+        for fraction in sorted(set(args.fractions) - {0.8}, reverse=True):
             run = paced(args, fraction * per_cpu, f"{fraction:.0%} of per-CPU-second")
             sweep.append({"fraction": fraction, **{k: run.get(k) for k in SWEEP_KEYS}})
         result["paced_sweep"] = sweep
         under = [s for s in sweep if (s["send_lag_ms"] or {}).get("p99", 1e9) < TARGET_LAG_MS]
         result["highest_fraction_with_lag_p99_under_10ms"] = (
             max(s["fraction"] for s in under) if under else None
+        )
+        sustained = [s for s in under if not s["generator_limited"]]
+        result["highest_fraction_sustained"] = (
+            max(s["fraction"] for s in sustained) if sustained else None
         )
     if per_wall:
         result["paced_80pct_of_wall_rate"] = paced(args, 0.8 * per_wall, "80% of per-second")
