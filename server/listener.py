@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import resource
 import socket
 from collections.abc import Callable
@@ -123,6 +124,10 @@ class ConnectionLimits:
             "max_field_size": MAX_HEADER_FIELD,
             "max_headers": MAX_HEADERS,
             "access_log": None,
+            # never round a connection's timers (keep-alive, WebSocket heartbeat) up to a whole
+            # second: aiohttp does above 5 s, which put every channel's 30 s ping on one tick
+            # (15,000 channels: ~500 pings in one burst a second, to a fleet that must answer)
+            "timeout_ceil_threshold": math.inf,
         }
 
 
