@@ -5,6 +5,8 @@ still answered; and an agent's transport stays a few pointers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import sys
 from typing import Any
 
@@ -106,6 +108,35 @@ async def test_300_push_channels_on_one_session_and_check_ins_answered(
                 [ref.uuid for ref in reply.profiles] == [profile.data["uuid"]] for reply in replies
             )
             release.set()
+
+
+async def test_push_heartbeats_are_not_rounded_onto_one_tick(server: Server, admin: Client) -> None:
+    """aiohttp rounds a timer over 5 s up to a whole second of loop time unless told not to: every
+    channel's 30 s heartbeat then fired on one tick (15,000 channels: ~500 pings in one burst a
+    second, on the fleet's side and on the server's). Each side's timers are exact: the
+    channels' next pings are not all on whole seconds, and the server's connections round
+    nothing."""
+    serials = [f"H{i:02d}" for i in range(12)]
+    saved = await admin.post(
+        "/ota/api/device/save",
+        [{"profile": {"hardware_info": {"serial_no": s}}, "enabled": True} for s in serials],
+    )
+    assert saved.status == 200, saved.body
+    async with FleetTransports(server.base, timeout_s=SAFETY_S) as fleet:
+        agents = await enroll(fleet, serials)
+        async with contextlib.AsyncExitStack() as stack:
+            channels = [
+                await stack.enter_async_context(
+                    fleet.transport().open_push(protocol.PUSH, protocol.device_headers(creds))
+                )
+                for creds in agents
+            ]
+            whens = [channel.socket._heartbeat_when for channel in channels]
+            assert all(when > 0 for when in whens)
+            assert any(when != math.ceil(when) for when in whens), whens
+            assert server.runner is not None and server.runner.server is not None
+            handlers = server.runner.server.connections
+            assert handlers and all(h._timeout_ceil_threshold == math.inf for h in handlers)
 
 
 async def test_fleet_session_has_no_connection_limit() -> None:
