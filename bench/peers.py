@@ -160,7 +160,16 @@ def measure(
     }
 
 
-def midm_sim(endpoint: EndpointProcess, args: argparse.Namespace, transport: str) -> dict[str, Any]:
+def midm_sim(
+    endpoint: EndpointProcess,
+    args: argparse.Namespace,
+    transport: str,
+    *,
+    pipelined: bool = True,
+) -> dict[str, Any]:
+    """One worker; unpipelined: the lean pool with a connection per agent and one request on
+    each at a time (as Locust and wrk run here, and as `midm-sim run --transport lean` does)."""
+    limit, pipeline = (args.limit, args.pipeline) if pipelined else (args.concurrency, 1)
     command = child_command(
         endpoint.url,
         transport=transport,
@@ -170,10 +179,10 @@ def midm_sim(endpoint: EndpointProcess, args: argparse.Namespace, transport: str
         arrive_s=0.1,
         warmup=args.warmup,
         seconds=args.seconds + 1,  # the worker's own window covers the bench's
-        limit=args.limit,
-        pipeline=args.pipeline,
+        limit=limit,
+        pipeline=pipeline,
     )
-    out = args.scratch / f"sim-{transport}.out"
+    out = args.scratch / f"sim-{transport}-{limit}x{pipeline}.out"
     result = measure(command, endpoint, args.warmup, args.seconds, ROOT, stdout_file=out)
     try:
         own = json.loads(out.read_text().strip().splitlines()[-1])
@@ -403,11 +412,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": args.repeat,
             "lean_limit": args.limit,
             "lean_pipeline": args.pipeline,
+            "unpipelined": f"{args.concurrency} connections x 1",
             "body_bytes": len(checkin_body()),
         },
     }
     generators: dict[str, Callable[[EndpointProcess], dict[str, Any]]] = {
         "midm_sim": lambda e: midm_sim(e, args, "lean"),
+        "midm_sim_unpipelined": lambda e: midm_sim(e, args, "lean", pipelined=False),
         "midm_sim_aiohttp": lambda e: midm_sim(e, args, "aiohttp"),
     }
     if have_locust:
@@ -433,6 +444,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ratio(result["midm_sim_aiohttp"], result["locust"]) if have_locust else None
         ),
         "midm_sim_lean_over_aiohttp": ratio(sim, result["midm_sim_aiohttp"]),
+        "midm_sim_unpipelined_over_locust": (
+            ratio(result["midm_sim_unpipelined"], result["locust"]) if have_locust else None
+        ),
+        "midm_sim_unpipelined_over_wrk": (
+            ratio(result["midm_sim_unpipelined"], result["wrk"]) if have_wrk else None
+        ),
     }
     ratios = result["ratios"]
     result["targets"] = {
