@@ -14,14 +14,26 @@ the endpoint's count of answered requests and the generator's CPU time (/proc: u
 every thread): requests per CPU-second of the generator, the same measure for all three.
 Client-side p50/p99 are each tool's own (midm-sim: the check-in latency from its intended time
 over the window; Locust: its stats after every user started (--reset-stats); wrk: its latency
-distribution). midm-sim runs with the lean transport (agent/transport/lean.py) and, as the
-baseline, with aiohttp's client. Ratios: midm-sim (lean) / Locust and / wrk, per CPU-second.
+distribution). midm-sim runs with the lean transport (agent/transport/lean.py: `--limit`
+connections, `--pipeline` requests in flight on each), the same unpipelined (`--concurrency`
+connections, one request on each at a time: as Locust and wrk run here, and as `midm-sim run
+--transport lean` does) and, as the baseline, with aiohttp's client. Ratios: midm-sim (lean) /
+Locust and / wrk, per CPU-second, and the same for the unpipelined run.
 Each generator runs `--repeat` times, in turns; the median counts (the machine is shared).
 
 Held connections (`--held`, 0 to skip): the RSS of midm-sim holding that many devices each with
 its push channel (a WebSocket to the endpoint; check-ins every 60 s on the shared pool) and of
 Locust holding that many users each with its keep-alive connection (one request, then a 60 s
 wait); each also with 1 device/user, so per connection = (RSS(N) - RSS(1)) / (N - 1).
+
+Issue 13, third round (the agent's JSON through orjson, young collections every 20,000
+allocations, a check-in body from only what it carries, the usual cycle's empty awaits gone),
+`python -m bench.peers --repeat 3` (load average 0.4-0.8), per CPU-second: midm-sim lean 35,713
+(runs 30,403, 35,713, 36,011; p50 1.7 ms, p99 3.7 ms), unpipelined (100 connections x 1) 29,092
+(26,631-29,324; p50 2.3, p99 4.6 ms), on aiohttp's client 9,219, Locust 9,179 (8,344-9,249; p50
+7 ms, p99 30 ms), wrk 122,502 (116,350-127,854; p50 0.8, p99 1.6 ms): 3.89x Locust and
+0.292x wrk (targets met; unpipelined 3.17x and 0.237x). Held 10,000 connections: midm-sim
+22.8 KB per device, Locust 15.8 KB per user (1.44x). The earlier rounds follow.
 
 Issue 13, protocol round (per-request values made through their slots, the check-in reply made
 once per distinct answer, the observer's name lookups cached), back to back with the code before
