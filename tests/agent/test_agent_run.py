@@ -61,6 +61,18 @@ def make_agent(tmp_path: Path, clock: FakeClock, *, push: bool, transport: Any =
     )
 
 
+def watched_clock() -> tuple[FakeClock, Changes]:
+    """A fake clock whose every change wakes the waits of the `Changes` beside it."""
+    clock, changes = FakeClock(), Changes()
+    clock.observers.append(changes.notify)
+    return clock, changes
+
+
+async def first_checkin(agent: Agent, changes: Changes) -> None:
+    """Until the agent's first check-in was answered."""
+    await changes.until(lambda: agent.statistics().checkins == 1, "first check-in")
+
+
 def test_an_agent_keeps_fewer_than_30_attributes(tmp_path: Path) -> None:
     """CPython keeps an instance's attributes in a compact values array shared-key style only up
     to 30 attribute names; the 30th costs a whole dict (measured: +1.3 KB per object, i.e. per
@@ -70,14 +82,12 @@ def test_an_agent_keeps_fewer_than_30_attributes(tmp_path: Path) -> None:
 
 
 async def test_request_stop_ends_run_with_a_flush_and_no_task_left(tmp_path: Path) -> None:
-    clock = FakeClock()
-    changes = Changes()
-    clock.observers.append(changes.notify)
+    clock, changes = watched_clock()
     agent = make_agent(tmp_path, clock, push=True)
     before = asyncio.all_tasks()
     async with asyncio.timeout(SAFETY_S):
         task = asyncio.create_task(agent.run(), name="agent")
-        await changes.until(lambda: agent.statistics().checkins == 1, "first check-in")
+        await first_checkin(agent, changes)
         assert {t.get_name() for t in asyncio.all_tasks() - before} == {"agent", "push-loop"}
         agent.request_stop()
         await task
@@ -95,14 +105,12 @@ async def test_a_stop_requested_before_run_only_commits(tmp_path: Path) -> None:
 
 
 async def test_a_stop_event_still_stops_a_rig(tmp_path: Path) -> None:
-    clock = FakeClock()
-    changes = Changes()
-    clock.observers.append(changes.notify)
+    clock, changes = watched_clock()
     agent = make_agent(tmp_path, clock, push=False)
     stop = asyncio.Event()
     async with asyncio.timeout(SAFETY_S):
         task = asyncio.create_task(agent.run(stop))
-        await changes.until(lambda: agent.statistics().checkins == 1, "first check-in")
+        await first_checkin(agent, changes)
         stop.set()
         await task
 
@@ -118,15 +126,13 @@ async def test_an_error_that_ends_the_push_listener_ends_run_with_it(tmp_path: P
 
 async def test_cancelled_from_outside_run_is_cancelled_and_leaves_no_task(tmp_path: Path) -> None:
     """Not a stop: the cancellation goes through (no flush), the push listener is ended too."""
-    clock = FakeClock()
-    changes = Changes()
-    clock.observers.append(changes.notify)
+    clock, changes = watched_clock()
     transport = MockTransport(handler)
     agent = make_agent(tmp_path, clock, push=True, transport=transport)
     before = asyncio.all_tasks()
     async with asyncio.timeout(SAFETY_S):
         task = asyncio.create_task(agent.run())
-        await changes.until(lambda: agent.statistics().checkins == 1, "first check-in")
+        await first_checkin(agent, changes)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
